@@ -1,0 +1,51 @@
+"""`python -m evomerge {search,merge,eval,export,report,toy} ...`
+
+Each subcommand lives in its own module with a `main(argv) -> int`; this file only dispatches,
+and turns an EvomergeError into a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from evomerge.errors import EvomergeError
+
+COMMANDS = {
+    "search": ("evomerge.search.cli", "run a recipe search (Hydra overrides: task=... models=...)"),
+    "merge": ("evomerge.merge.cli", "merge a recipe YAML into a Hugging Face checkpoint"),
+    "eval": ("evomerge.evaluate.cli", "score a model directory or recipe on tasks"),
+    "export": ("evomerge.search.export", "materialize the best recipe of a search run"),
+    "report": ("evomerge.search.report", "plots and a markdown summary of a search run"),
+    "toy": ("evomerge.toy.cli", "build the embedded toy model family"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m evomerge COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:8s} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"evomerge: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except EvomergeError as e:
+        print(f"evomerge {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"evomerge {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
