@@ -1,0 +1,188 @@
+"""Evaluation backends: one live model per process whose weights are replaced per candidate.
+
+HFBackend: a transformers model (CPU or GPU) wrapped once in lm-eval's HFLM; the merge core
+writes each candidate's tensors straight into its parameters (no reload, no re-instantiation).
+VLLMBackend: one vLLM engine for the whole search; each candidate is merged into a host-side
+shadow model and its tensors are pushed into the engine with `reload_weights`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from evomerge.errors import EvaluationError
+from evomerge.evaluate.guard import ForwardGuard, check_finite_weights
+from evomerge.evaluate.settings import EvalSettings
+
+DTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Backend(Protocol):
+    settings: EvalSettings
+
+    @property
+    def lm(self) -> Any: ...  # an lm_eval.api.model.LM
+
+    @property
+    def target(self) -> torch.nn.Module:
+        """The torch model the merge core writes candidates into."""
+        ...
+
+    def commit_weights(self) -> None:
+        """Check the target's new weights and make them the ones the engine evaluates."""
+        ...
+
+    def guard(self) -> ForwardGuard | None: ...
+
+
+def load_hf_model(path: str | Path, settings: EvalSettings) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = str(path)
+    if not (Path(path).is_dir() or settings.trust_remote_code or "/" in path):
+        raise EvaluationError(f"model: {path!r} is neither a directory nor a Hub model id")
+    dtype: Any = "auto" if settings.dtype == "auto" else DTYPE[settings.dtype]
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=settings.trust_remote_code, use_safetensors=True
+        )
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
+    except OSError as e:
+        raise EvaluationError(f"model: cannot load {path!r}: {e}") from e
+    model.to(settings.device).eval()
+    return model, tok
+
+
+class HFBackend:
+    """lm-eval's HFLM over one live transformers model."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, settings: EvalSettings) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self._lm: Any = None
+        self._guard: ForwardGuard | None = None
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, settings: EvalSettings) -> HFBackend:
+        model, tok = load_hf_model(path, settings)
+        return cls(model, tok, settings)
+
+    @property
+    def lm(self) -> Any:
+        if self._lm is None:
+            from lm_eval.models.huggingface import HFLM
+
+            if self.tokenizer.pad_token is None:  # left-padded batches need a pad token
+                self.tokenizer.pad_token = self.tokenizer.eos_token
+            self._lm = HFLM(
+                pretrained=self.model,
+                tokenizer=self.tokenizer,
+                batch_size=self.settings.batch_size,
+                max_length=self.settings.max_length,
+            )
+        return self._lm
+
+    @property
+    def target(self) -> torch.nn.Module:
+        return self.model
+
+    def guard(self) -> ForwardGuard:
+        if self._guard is None:
+            self._guard = ForwardGuard(self.model)
+        return self._guard
+
+    def commit_weights(self) -> None:
+        check_finite_weights(iter(self.model.state_dict().items()))
+
+    def set_model(self, model: torch.nn.Module) -> None:
+        """Evaluate a different module from now on (e.g. a data-flow path model)."""
+        if self._guard is not None:
+            self._guard.remove()
+            self._guard = None
+        self.model = model
+        self._lm = None  # HFLM wraps one module; a new wrapper costs no weight copies
+
+
+class VLLMBackend:
+    """One vLLM engine; candidates are merged into a host shadow model and pushed in place."""
+
+    def __init__(self, path: str | Path, settings: EvalSettings) -> None:
+        self.path = str(path)
+        self.settings = settings
+        self._lm: Any = None
+        self._shadow: torch.nn.Module | None = None
+
+    @property
+    def lm(self) -> Any:
+        if self._lm is None:
+            # The engine must run in this process so that pushed tensors need no serialization.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            try:
+                from lm_eval.models.vllm_causallms import VLLM
+            except ImportError as e:
+                raise EvaluationError(
+                    "evaluator=vllm needs vLLM: pip install -e '.[vllm]' on a CUDA machine"
+                ) from e
+            self._lm = VLLM(
+                pretrained=self.path,
+                dtype=self.settings.dtype,
+                batch_size="auto",
+                gpu_memory_utilization=self.settings.gpu_memory_utilization,
+                tensor_parallel_size=self.settings.tensor_parallel_size,
+                max_model_len=self.settings.max_length,
+                trust_remote_code=self.settings.trust_remote_code,
+            )
+        return self._lm
+
+    @property
+    def target(self) -> torch.nn.Module:
+        if self._shadow is None:
+            shadow_settings = EvalSettings(
+                backend="hf",
+                device="cpu",
+                dtype=self.settings.dtype,
+                trust_remote_code=self.settings.trust_remote_code,
+            )
+            self._shadow, _ = load_hf_model(self.path, shadow_settings)
+        return self._shadow
+
+    def guard(self) -> None:
+        return None  # vLLM runs its own kernels; NaN weights are caught before the push
+
+    def commit_weights(self) -> None:
+        shadow = self.target
+        tied = bool(getattr(shadow.config, "tie_word_embeddings", False))
+        named = [
+            (name, t)
+            for name, t in shadow.state_dict().items()
+            if not (tied and name.startswith("lm_head."))
+        ]
+        check_finite_weights(iter(named))
+        push_weights(self.lm.model, named)
+
+
+def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Load Hugging Face-named tensors into a live vLLM engine, in place, then drop its caches."""
+    weights = list(named)
+    try:
+        llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+    except TypeError:
+        # Releases before the keyword form: call the model's own loader on the worker.
+        def _load(worker: Any) -> None:
+            worker.model_runner.model.load_weights(weights=iter(weights))
+
+        llm.collective_rpc(_load)
+    if hasattr(llm, "reset_prefix_cache"):
+        llm.reset_prefix_cache()  # cached KV blocks belong to the previous weights
+
+
+def make_backend(model_path: str | Path, settings: EvalSettings) -> Backend:
+    if settings.backend == "vllm":
+        return VLLMBackend(model_path, settings)
+    return HFBackend.from_pretrained(model_path, settings)

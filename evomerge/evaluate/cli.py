@@ -1,0 +1,103 @@
+"""`python -m evomerge eval model=<dir|Hub id|recipe.yaml|toy:NAME> task=a[,b] [limit=N] [output=F]`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from evomerge.config import compose, quote_list_override
+from evomerge.errors import ConfigError
+from evomerge.evaluate.backends import make_backend
+from evomerge.evaluate.fitness import Results
+from evomerge.evaluate.runner import evaluate
+from evomerge.evaluate.settings import EvalSettings
+from evomerge.evaluate.tasks import load_tasks
+
+
+def main(argv: Sequence[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    cfg = compose("eval", quote_list_override(argv, "task"))
+    evaluator = dict(cfg["evaluator"])
+    if cfg.get("limit") is not None:
+        evaluator["limit"] = cfg["limit"]
+    settings = EvalSettings.from_dict(evaluator)
+    names = cfg["task"] if isinstance(cfg["task"], list) else [cfg["task"]]
+    results = run_eval(
+        str(cfg["model"]),
+        [str(n) for n in names],
+        settings,
+        toy_size=cfg["toy_size"],
+        include=[str(p) for p in cfg.get("include") or []],
+    )
+    print(format_table(results))
+    if cfg.get("output"):
+        write_json_atomic(Path(cfg["output"]), results)
+        print(f"wrote {cfg['output']}")
+    return 0
+
+
+def run_eval(
+    model: str,
+    tasks: list[str],
+    settings: EvalSettings,
+    *,
+    toy_size: str = "full",
+    include: Sequence[str] = (),
+) -> Results:
+    """Evaluate a model directory / Hub id / recipe / toy member on the named tasks."""
+    task_set = load_tasks(tasks, settings, extra_paths=include)
+    if model.endswith((".yaml", ".yml")):
+        return _eval_recipe(Path(model), task_set, settings)
+    backend = make_backend(resolve_model(model, toy_size), settings)
+    return evaluate(backend, task_set).results
+
+
+def resolve_model(model: str, toy_size: str) -> str:
+    if model.startswith("toy:"):
+        from evomerge.toy import ensure_family
+
+        family = ensure_family(size=toy_size)
+        return str(family.path(model.removeprefix("toy:")))
+    return model
+
+
+def _eval_recipe(path: Path, task_set: Any, settings: EvalSettings) -> Results:
+    from evomerge.merge import merge_to_disk
+    from evomerge.recipe import load_recipe
+
+    recipe = load_recipe(path)
+    with tempfile.TemporaryDirectory(prefix="evomerge-eval-") as tmp:
+        out = merge_to_disk(recipe, Path(tmp) / "merged")
+        backend = make_backend(out, settings)
+        return evaluate(backend, task_set).results
+
+
+def format_table(results: Results) -> str:
+    rows = [("task", "metric", "value")]
+    for task, metrics in results.items():
+        rows += [(task, m, f"{v:.4f}") for m, v in sorted(metrics.items())]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

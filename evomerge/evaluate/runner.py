@@ -1,0 +1,83 @@
+"""`evaluate(backend, tasks) -> {task: {metric: value}}` with the candidate guards around it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from evomerge.errors import EvaluationError
+from evomerge.evaluate.backends import Backend
+from evomerge.evaluate.fitness import Results
+from evomerge.evaluate.guard import CandidateFailed, is_oom
+from evomerge.evaluate.tasks import TaskSet
+
+
+@dataclass
+class Evaluation:
+    results: Results
+    seconds: float
+    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def evaluate(backend: Backend, tasks: TaskSet, *, log_samples: bool = False) -> Evaluation:
+    """Score the backend's current weights on the prepared tasks.
+
+    Raises CandidateFailed (an EvaluationError with `.reason` nan / oom / timeout); the backend
+    stays usable for the next candidate.
+    """
+    from lm_eval.evaluator import evaluate as lm_evaluate
+
+    s = backend.settings
+    guard = backend.guard()
+    armed = guard.armed(s.timeout_s) if guard is not None else contextlib.nullcontext()
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    t0 = time.perf_counter()
+    try:
+        with armed, torch.inference_mode():
+            out = lm_evaluate(
+                lm=backend.lm,
+                task_dict=tasks.task_dict,
+                limit=s.limit,
+                bootstrap_iters=0,  # stderr by bootstrap costs seconds per candidate
+                log_samples=log_samples,
+                apply_chat_template=s.apply_chat_template,
+            )
+    except CandidateFailed:
+        raise
+    except Exception as e:
+        if is_oom(e):
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise CandidateFailed("oom", str(e).splitlines()[0]) from e
+        raise
+    if out is None:
+        raise EvaluationError("lm-eval returned no results (non-zero rank?)")
+    seconds = time.perf_counter() - t0
+    results = {name: _metrics(out["results"].get(name, {})) for name in tasks.tasks}
+    samples = dict(out.get("samples") or {}) if log_samples else {}
+    return Evaluation(results, seconds, samples)
+
+
+NOT_METRICS = ("alias", "sample_len", "sample_count")
+
+
+def _metrics(raw: dict[str, Any]) -> dict[str, float]:
+    """lm-eval's `{"acc,none": 0.3, "acc_stderr,none": "N/A", "alias": ...}` -> `{"acc": 0.3}`.
+
+    Metrics under a named filter keep it: `exact_match,strict-match`.
+    """
+    out: dict[str, float] = {}
+    for key, value in raw.items():
+        if key in NOT_METRICS or "_stderr," in key or not isinstance(value, int | float):
+            continue
+        metric, _, filt = key.partition(",")
+        name = metric if filt in ("", "none") else key
+        v = float(value)
+        out[name] = v if math.isfinite(v) else float("nan")
+    return out

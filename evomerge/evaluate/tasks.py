@@ -1,0 +1,85 @@
+"""lm-eval tasks, built once per process: our tasks/ directory plus every task lm-eval knows."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evomerge.errors import EvaluationError
+from evomerge.evaluate.settings import EvalSettings
+
+# tasks/ at the repository root (the package is installed in editable mode from the checkout).
+TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
+
+
+@dataclass
+class TaskSet:
+    """Loaded lm-eval tasks (the dict `TaskManager.load` returns), ready to run many times."""
+
+    names: tuple[str, ...]
+    task_dict: dict[str, Any]
+
+    @property
+    def tasks(self) -> dict[str, Any]:
+        return dict(self.task_dict["tasks"])
+
+
+def make_task_manager(extra_paths: Sequence[str | Path] = (), *, names: Sequence[str] = ()) -> Any:
+    """A TaskManager over our tasks/ (+ extra paths); lm-eval's own ~15k tasks are indexed
+    (several seconds) only when a requested name is not among ours."""
+    from lm_eval.tasks import TaskManager
+
+    paths = [str(TASKS_DIR), *(str(p) for p in extra_paths)]
+    ours = TaskManager(include_path=paths, include_defaults=False)
+    if names and set(names) <= _known(ours):
+        return ours
+    return TaskManager(include_path=paths)
+
+
+def _known(tm: Any) -> set[str]:
+    return set(tm.all_tasks) | set(tm.all_groups) | set(tm.all_tags)
+
+
+def load_tasks(
+    names: Sequence[str],
+    settings: EvalSettings,
+    *,
+    extra_paths: Sequence[str | Path] = (),
+    task_manager: Any = None,
+) -> TaskSet:
+    """Build the named tasks once (datasets read, prompts prepared) and apply the overrides.
+
+    Unknown names raise an EvaluationError that suggests the closest known task names.
+    """
+    if not names:
+        raise EvaluationError("task: at least one task name is required")
+    tm = task_manager or make_task_manager(extra_paths, names=names)
+    known = _known(tm)
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise EvaluationError(f"task: unknown task {name!r}{hint}")
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    try:
+        loaded = tm.load(list(names))
+    except Exception as e:  # dataset missing, malformed YAML, ...
+        raise EvaluationError(f"task: could not build {list(names)}: {e}") from e
+    for task in loaded["tasks"].values():
+        _apply_overrides(task, settings)
+    return TaskSet(tuple(names), loaded)
+
+
+def _apply_overrides(task: Any, settings: EvalSettings) -> None:
+    if task.get_config("output_type") == "generate_until" and settings.gen_kwargs:
+        task.set_config(key="generation_kwargs", value=dict(settings.gen_kwargs), update=True)
+    if settings.num_fewshot is not None and task.get_config("num_fewshot") != 0:
+        task.set_config(key="num_fewshot", value=settings.num_fewshot)
+    elif task.get_config("num_fewshot") is None:
+        task.set_config(key="num_fewshot", value=0)
+    # Few-shot sampling is seeded, so the same candidate always sees the same prompts.
+    task.set_fewshot_seed(seed=1234)

@@ -1,0 +1,44 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "evomerge", "eval", *args], capture_output=True, text=True
+    )
+
+
+def test_eval_prints_a_table_and_writes_json(tiny_models, tmp_path):
+    out = tmp_path / "scores.json"
+    r = run(
+        f"model={tiny_models[0]}",
+        "task=tiny_digits",
+        "limit=5",
+        f"include=[{FIXTURE_TASKS}]",
+        f"output={out}",
+        "evaluator.batch_size=4",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "tiny_digits" in r.stdout and "exact_match" in r.stdout
+    data = json.loads(out.read_text())
+    assert set(data) == {"tiny_digits"}
+    assert 0.0 <= data["tiny_digits"]["exact_match"] <= 1.0
+
+
+def test_eval_bad_input_exits_2_with_a_message(tiny_models):
+    r = run(f"model={tiny_models[0]}", "task=no_such_task")
+    assert r.returncode == 2
+    assert "unknown task 'no_such_task'" in r.stderr
+    r = run("task=tiny_digits")
+    assert r.returncode == 2 and "Missing mandatory value: model" in r.stderr
+    r = run(
+        f"model={tiny_models[0]}",
+        "task=tiny_digits",
+        "evaluator.batch_size=0",
+        f"include=[{FIXTURE_TASKS}]",
+    )
+    assert r.returncode == 2 and "evaluator.batch_size: must be >= 1" in r.stderr

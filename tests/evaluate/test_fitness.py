@@ -1,0 +1,43 @@
+import pytest
+
+from evomerge.errors import ConfigError, EvaluationError
+from evomerge.evaluate import Objective, Term, fitness
+
+RESULTS = {"fit": {"acc": 0.5, "ja": 0.9}, "probe": {"acc": 0.25}}
+
+
+def test_weighted_sum_of_named_metrics():
+    obj = Objective((Term("fit", "acc", 1.0), Term("fit", "ja", 0.5), Term("probe", "acc", -2)))
+    assert fitness(RESULTS, obj) == pytest.approx(0.5 + 0.45 - 0.5)
+
+
+def test_parse_defaults_weight_to_one_and_lists_tasks_once():
+    obj = Objective.parse([{"task": "fit", "metric": "acc"}, {"task": "fit", "metric": "ja"}])
+    assert obj.terms[0].weight == 1.0
+    assert obj.tasks == ["fit"]
+
+
+def test_missing_metric_is_an_error_naming_what_is_available():
+    with pytest.raises(
+        EvaluationError, match=r"metric 'exact' missing for task 'fit'.*'acc', 'ja'"
+    ):
+        fitness(RESULTS, Objective((Term("fit", "exact"),)))
+    with pytest.raises(EvaluationError, match="task 'nope' missing"):
+        fitness(RESULTS, Objective((Term("nope", "acc"),)))
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ([], "at least one"),
+        ([{"task": "fit"}], r"task.fitness\[0\]: expected a mapping with keys task, metric"),
+        (
+            [{"task": "a", "metric": "m", "weight": "x"}],
+            r"task.fitness\[0\].weight: must be a number",
+        ),
+        ([{"task": "a", "metric": "m", "weight": float("nan")}], r"weight: must be finite"),
+    ],
+)
+def test_bad_objectives_are_config_errors(items, message):
+    with pytest.raises(ConfigError, match=message):
+        Objective.parse(items)

@@ -1,0 +1,24 @@
+import pytest
+
+from evomerge.errors import ConfigError
+from evomerge.evaluate import EvalSettings
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"backend": "tgi"}, r"evaluator.backend: must be one of \('hf', 'vllm'\), got 'tgi'"),
+        ({"batch_size": 0}, "evaluator.batch_size: must be >= 1, got 0"),
+        ({"limit": 0}, "evaluator.limit"),
+        ({"timeout_s": -1}, "evaluator.timeout_s"),
+        ({"dtype": "int8"}, "evaluator.dtype"),
+    ],
+)
+def test_invalid_settings_name_the_key(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        EvalSettings(**kwargs)
+
+
+def test_unknown_keys_are_listed():
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['batchsize'\]"):
+        EvalSettings.from_dict({"batchsize": 3})
