@@ -1,0 +1,159 @@
+"""Layer naming of Llama-family decoders, and the config of a merged model.
+
+Supported: Llama, Mistral, Qwen2 and Gemma (tied embeddings: no `lm_head.weight`, the head reads
+`model.embed_tokens.weight`). Their tensors are `model.layers.{i}.<suffix>` per decoder layer,
+plus a few global ones (`model.embed_tokens.weight` before the layers, `model.norm.weight` and
+`lm_head.weight` after).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evomerge.errors import MergeError
+from evomerge.merge.io import CheckpointReader, TensorInfo
+
+SUPPORTED = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "gemma": "GemmaForCausalLM",
+}
+# Config keys that must agree for tensors of two models to be merged position by position.
+COMPATIBILITY_KEYS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+)
+_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
+LM_HEAD, EMBED = "lm_head.weight", "model.embed_tokens.weight"
+
+
+def layer_tensor(index: int, suffix: str) -> str:
+    return f"model.layers.{index}.{suffix}"
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """What the planner needs to know about one source checkpoint, without its weights."""
+
+    ref: str
+    config: Mapping[str, Any]
+    tensors: Mapping[str, TensorInfo]
+    num_layers: int
+    layer_suffixes: tuple[str, ...]  # of layer 0, in checkpoint order
+    global_tensors: tuple[str, ...]  # non-layer tensors, pre (embeddings) first
+
+    @property
+    def tied(self) -> bool:
+        return bool(self.config.get("tie_word_embeddings", self.config["model_type"] == "gemma"))
+
+    def source_name(self, name: str) -> str | None:
+        """The stored tensor that holds `name` here (a tied head reads the embeddings)."""
+        if name in self.tensors:
+            return name
+        if name == LM_HEAD and self.tied and EMBED in self.tensors:
+            return EMBED
+        return None
+
+
+def read_config(directory: Path, ref: str) -> dict[str, Any]:
+    path = directory / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MergeError(f"model {ref!r}: no config.json in {directory}") from None
+    except ValueError as e:
+        raise MergeError(f"model {ref!r}: {path} is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise MergeError(f"model {ref!r}: {path} must hold a JSON object")
+    return config
+
+
+def describe_model(ref: str, config: Mapping[str, Any], reader: CheckpointReader) -> ModelLayout:
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED:
+        archs = config.get("architectures")
+        raise MergeError(
+            f"model {ref!r}: architecture {model_type!r} ({archs}) is not supported; "
+            f"supported model types: {', '.join(SUPPORTED)}"
+        )
+    num_layers = config.get("num_hidden_layers")
+    if not isinstance(num_layers, int) or num_layers < 1:
+        raise MergeError(f"model {ref!r}: config.json num_hidden_layers is {num_layers!r}")
+    tensors = {name: reader.info(name) for name in reader.names()}
+    layers: dict[int, list[str]] = {}
+    global_names = []
+    for name in tensors:
+        match = _LAYER.fullmatch(name)
+        if match:
+            layers.setdefault(int(match.group(1)), []).append(match.group(2))
+        else:
+            global_names.append(name)
+    _check_layers(ref, layers, num_layers)
+    pre = sorted(n for n in global_names if "embed" in n)
+    post = sorted((n for n in global_names if "embed" not in n), key=lambda n: n == LM_HEAD)
+    return ModelLayout(
+        ref=ref,
+        config=config,
+        tensors=tensors,
+        num_layers=num_layers,
+        layer_suffixes=tuple(layers[0]),
+        global_tensors=tuple(pre + post),
+    )
+
+
+def _check_layers(ref: str, layers: Mapping[int, list[str]], num_layers: int) -> None:
+    if sorted(layers) != list(range(num_layers)):
+        raise MergeError(
+            f"model {ref!r}: config.json says {num_layers} layers but the checkpoint has "
+            f"tensors for layers {sorted(layers)}"
+        )
+    expected = set(layers[0])
+    for index, suffixes in layers.items():
+        if set(suffixes) != expected:
+            odd = sorted(set(suffixes) ^ expected)
+            raise MergeError(f"model {ref!r}: layer {index} differs from layer 0 in {odd}")
+
+
+def check_compatible(layouts: Sequence[ModelLayout]) -> None:
+    """Every model must agree with the first on the keys that fix tensor shapes."""
+    first = layouts[0]
+    for other in layouts[1:]:
+        for key in COMPATIBILITY_KEYS:
+            a, b = first.config.get(key), other.config.get(key)
+            if a != b:
+                raise MergeError(
+                    f"incompatible architectures: {key} is {a!r} in {first.ref!r} "
+                    f"but {b!r} in {other.ref!r}"
+                )
+
+
+def output_config(
+    reference: ModelLayout,
+    layer_sources: Sequence[tuple[ModelLayout, int]],
+    dtype_name: str,
+) -> dict[str, Any]:
+    """The reference config with the merged layer count (and per-layer lists) and dtype."""
+    config = copy.deepcopy(dict(reference.config))
+    config["num_hidden_layers"] = len(layer_sources)
+    if isinstance(config.get("layer_types"), list):
+        config["layer_types"] = [_layer_type(layout, i) for layout, i in layer_sources]
+    config.pop("torch_dtype", None)
+    config["dtype"] = dtype_name
+    return config
+
+
+def _layer_type(layout: ModelLayout, index: int) -> Any:
+    types = layout.config.get("layer_types")
+    return types[index] if isinstance(types, list) and index < len(types) else "full_attention"

@@ -1,0 +1,53 @@
+"""`python -m evomerge merge RECIPE OUT_DIR [options]`: build options, call merge_to_disk."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from evomerge.merge.execute import MergeOptions, merge_to_disk
+from evomerge.merge.io import parse_size
+from evomerge.recipe import load_recipe
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m evomerge merge",
+        description="Merge a (mergekit-compatible) recipe YAML into a Hugging Face checkpoint.",
+    )
+    parser.add_argument("recipe", help="recipe YAML file")
+    parser.add_argument("out_dir", help="output directory (must not exist; created atomically)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument(
+        "--allow-pickle", action="store_true", help="also read pickle (.bin) checkpoints"
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="accepted for mergekit parity; only built-in Llama-family layouts are merged",
+    )
+    parser.add_argument(
+        "--shard-size", default="5GB", help="max bytes per output shard, e.g. 5GB, 500MB"
+    )
+    parser.add_argument(
+        "--random-seed", type=int, default=None, help="seed for DARE (overrides the recipe)"
+    )
+    parser.add_argument("--out-dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    options = MergeOptions(
+        device=args.device,
+        allow_pickle=args.allow_pickle,
+        trust_remote_code=args.trust_remote_code,
+        shard_size=parse_size(args.shard_size),
+        random_seed=args.random_seed,
+        out_dtype=args.out_dtype,
+        progress=not args.no_progress,
+    )
+    out = merge_to_disk(load_recipe(Path(args.recipe)), args.out_dir, options)
+    print(f"merged model written to {out}")
+    return 0

@@ -1,0 +1,194 @@
+"""Run a merge plan: tensor by tensor, to a checkpoint on disk or into a live model."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from evomerge.errors import MergeError
+from evomerge.merge.architecture import check_compatible
+from evomerge.merge.cache import SourceCache
+from evomerge.merge.io import ShardedWriter
+from evomerge.merge.methods import MergeArgs
+from evomerge.merge.output import write_extras
+from evomerge.merge.plan import MergePlan, TensorJob, plan_merge
+from evomerge.recipe import Recipe
+
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    """How to run a merge (the recipe says what to merge).
+
+    random_seed overrides the recipe's `random_seed`; with neither, seeded methods use 0, so a
+    merge is always reproducible. out_dtype overrides the recipe's `out_dtype`.
+    """
+
+    device: str = "cpu"
+    allow_pickle: bool = False
+    trust_remote_code: bool = False  # only Llama-family layouts are merged; see architecture.py
+    shard_size: int = 5 * 10**9  # bytes per output shard (mergekit's default, 5 GB)
+    random_seed: int | None = None
+    out_dtype: str | None = None
+    progress: bool = False
+
+
+def merge_to_disk(recipe: Recipe, out_dir: str | Path, options: MergeOptions | None = None) -> Path:
+    """Merge into a new Hugging Face checkpoint at `out_dir` (which must not exist).
+
+    Everything is written to a temporary directory beside `out_dir` and renamed into place at
+    the end, so on any error nothing appears at `out_dir`.
+    """
+    options = options or MergeOptions()
+    out = Path(out_dir)
+    if out.exists():
+        raise MergeError(f"{out}: already exists; choose a new OUT_DIR or remove it first")
+    device = _device(options)
+    cache = SourceCache(preload=False)
+    plan = _plan(recipe, cache, options)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        writer = ShardedWriter(tmp, options.shard_size)
+        for name, tensor in _merged_tensors(plan, cache, device, options):
+            writer.add(name, tensor)
+        writer.finish()
+        write_extras(plan, cache, tmp, _out_dtype_name(plan, options))
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def merge_into_model(
+    recipe: Recipe,
+    model: torch.nn.Module,
+    options: MergeOptions | None = None,
+    cache: SourceCache | None = None,
+) -> None:
+    """Write the merged tensors into `model`'s parameters and buffers in place (no disk writes).
+
+    The numbers equal merge_to_disk's for the same recipe and options. Pass one SourceCache
+    (preload=True to keep source tensors in memory) across calls to avoid re-reading.
+    """
+    options = options or MergeOptions()
+    cache = cache or SourceCache()
+    device = _device(options)
+    plan = _plan(recipe, cache, options)
+    targets = dict(model.named_parameters()) | dict(model.named_buffers())
+    missing = [job.name for job in plan.jobs if job.name not in targets]
+    if missing:
+        raise MergeError(f"the model has no parameter or buffer for merged tensors {missing[:5]}")
+    written = set()
+    with torch.no_grad():
+        for name, tensor in _merged_tensors(plan, cache, device, options):
+            target = targets[name]
+            if target.shape != tensor.shape:
+                raise MergeError(
+                    f"shape mismatch for {name}: model has {list(target.shape)}, "
+                    f"merge gives {list(tensor.shape)}"
+                )
+            target.copy_(tensor)
+            written.add(name)
+    unwritten = [name for name, _ in model.named_parameters() if name not in written]
+    if unwritten:
+        raise MergeError(f"the merge left model parameters unwritten: {unwritten[:5]}")
+
+
+def _device(options: MergeOptions) -> torch.device:
+    if options.device not in ("cpu", "cuda") and not options.device.startswith("cuda:"):
+        raise MergeError(f"device: must be cpu or cuda, got {options.device!r}")
+    if options.device.startswith("cuda") and not torch.cuda.is_available():
+        raise MergeError("device: cuda requested but no CUDA device is available; use --device cpu")
+    return torch.device(options.device)
+
+
+def _plan(recipe: Recipe, cache: SourceCache, options: MergeOptions) -> MergePlan:
+    refs = recipe.referenced_models()
+    layouts = {ref: cache.layout(ref, allow_pickle=options.allow_pickle) for ref in refs}
+    check_compatible([layouts[ref] for ref in refs])
+    if recipe.tokenizer_source not in (None, "base"):
+        cache.directory(recipe.tokenizer_source)  # a missing tokenizer model fails before work
+    return plan_merge(recipe, layouts)
+
+
+def _out_dtype_name(plan: MergePlan, options: MergeOptions) -> str | None:
+    return options.out_dtype or plan.recipe.out_dtype or plan.recipe.dtype
+
+
+def _merged_tensors(
+    plan: MergePlan, cache: SourceCache, device: torch.device, options: MergeOptions
+) -> Iterator[tuple[str, torch.Tensor]]:
+    recipe = plan.recipe
+    seed = options.random_seed if options.random_seed is not None else recipe.random_seed or 0
+    in_dtype = DTYPES[recipe.dtype] if recipe.dtype else None
+    out_name = _out_dtype_name(plan, options)
+    out_dtype = DTYPES[out_name] if out_name else None
+    jobs = tqdm(plan.jobs, desc="merging", unit="tensor", disable=not options.progress)
+    for job in jobs:
+
+        def fetch(model: str, name: str) -> torch.Tensor:
+            return cache.tensor(model, name, device)
+
+        result = run_job(plan, job, fetch, seed=seed, in_dtype=in_dtype)
+        yield job.name, result.to(out_dtype or in_dtype or job.dtype)
+
+
+def run_job(
+    plan: MergePlan,
+    job: TensorJob,
+    fetch: Callable[[str, str], torch.Tensor],
+    *,
+    seed: int,
+    in_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """One output tensor: read inputs, cast (recipe dtype, then float32 compute), merge."""
+    tensors = [fetch(inp.model, inp.name) for inp in job.inputs]
+    if not all(t.is_floating_point() for t in tensors):
+        return _agreed_buffer(job, tensors)
+    if in_dtype is not None:
+        tensors = [t.to(in_dtype) for t in tensors]
+    # Half-precision inputs are merged in float32 and rounded once at the end.
+    compute = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
+    tensors = [t.to(compute) for t in tensors]
+    base = tensors.pop() if job.has_base else None
+    generators = (
+        _generators(job, seed, len(tensors), tensors[0].device) if plan.method.seeded else ()
+    )
+    args = MergeArgs(per_model=job.per_model, shared=job.shared, generators=generators)
+    result = plan.method.fn(tensors, base, args)
+    if result.isnan().any():
+        raise MergeError(f"merging {job.name} with {plan.method.name} produced NaN")
+    return result
+
+
+def _generators(job: TensorJob, seed: int, n: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per non-base input, seeded from (seed, tensor name, input index)."""
+    out = []
+    for i in range(n):
+        digest = hashlib.sha256(f"{seed}/{job.name}/{i}".encode()).digest()
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+        out.append(gen)
+    return out
+
+
+def _agreed_buffer(job: TensorJob, tensors: list[torch.Tensor]) -> torch.Tensor:
+    first = tensors[0]
+    if any(t.dtype != first.dtype or not torch.equal(t, first) for t in tensors[1:]):
+        raise MergeError(f"non-float tensor {job.name} differs between models; cannot merge it")
+    return first.clone()

@@ -1,0 +1,254 @@
+"""Checkpoint I/O: a lazy per-tensor reader and a streaming sharded safetensors writer.
+
+The reader parses safetensors headers (through model.safetensors.index.json when sharded) and
+reads one tensor's bytes on request with a plain file read, not a memory map, so resident
+memory holds only the tensors in use. Pickle checkpoints (`pytorch_model*.bin`) are read only
+with allow_pickle, through torch.load(weights_only=True, mmap=True).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from evomerge.errors import MergeError
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class _Location:
+    file: Path
+    start: int  # absolute byte offset in the file
+    end: int
+
+
+def resolve_model_dir(ref: str) -> Path:
+    """A local directory as is; an `org/name` that is not one is fetched from the Hub."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise MergeError(f"model {ref!r}: is a file; give the checkpoint's directory")
+    if not _HUB_ID.fullmatch(ref):
+        raise MergeError(f"model {ref!r}: no such directory")
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.bin"]
+        return Path(snapshot_download(ref, allow_patterns=patterns))
+    except Exception as e:  # any Hub failure (offline, 404, auth) is the same user error
+        raise MergeError(
+            f"model {ref!r}: not a local directory, and fetching it from the Hub failed: {e}"
+        ) from None
+
+
+class CheckpointReader:
+    """Tensor names, shapes and dtypes of one checkpoint; reads one tensor at a time."""
+
+    def __init__(
+        self, directory: Path, locations: dict[str, _Location], infos: dict[str, TensorInfo]
+    ):
+        self.directory = directory
+        self._locations = locations
+        self._infos = infos
+        self._pickled: dict[Path, dict[str, torch.Tensor]] = {}
+
+    @classmethod
+    def open(cls, directory: Path, *, allow_pickle: bool = False) -> CheckpointReader:
+        files = _weight_files(directory)
+        if files[0].suffix == ".bin":
+            if not allow_pickle:
+                raise MergeError(
+                    f"{directory}: only pickle checkpoints ({files[0].name}) found; they can run "
+                    "code when loaded. Convert to safetensors, or pass --allow-pickle"
+                )
+            return cls._open_pickled(directory, files)
+        locations: dict[str, _Location] = {}
+        infos: dict[str, TensorInfo] = {}
+        for file in files:
+            for name, (loc, info) in _read_header(file).items():
+                locations[name], infos[name] = loc, info
+        return cls(directory, locations, infos)
+
+    @classmethod
+    def _open_pickled(cls, directory: Path, files: list[Path]) -> CheckpointReader:
+        reader = cls(directory, {}, {})
+        for file in files:
+            state = _torch_load(file)
+            reader._pickled[file] = state
+            for name, tensor in state.items():
+                reader._locations[name] = _Location(file, 0, 0)
+                reader._infos[name] = TensorInfo(tuple(tensor.shape), tensor.dtype)
+        return reader
+
+    def names(self) -> list[str]:
+        return list(self._infos)
+
+    def info(self, name: str) -> TensorInfo:
+        return self._infos[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._infos
+
+    def read(self, name: str) -> torch.Tensor:
+        """The tensor `name` as a new CPU tensor (its own memory, nothing else loaded)."""
+        loc, info = self._locations[name], self._infos[name]
+        if loc.file in self._pickled:
+            return self._pickled[loc.file][name].clone()
+        buffer = bytearray(loc.end - loc.start)
+        if buffer:
+            with open(loc.file, "rb") as f:
+                f.seek(loc.start)
+                if f.readinto(buffer) != len(buffer):
+                    raise MergeError(f"{loc.file}: truncated while reading tensor {name}")
+            return torch.frombuffer(buffer, dtype=info.dtype).reshape(info.shape)
+        return torch.empty(info.shape, dtype=info.dtype)
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    for index_name, single in (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
+        index = directory / index_name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (ValueError, KeyError) as e:
+                raise MergeError(f"{index}: not a valid index file ({e})") from None
+            files = [directory / f for f in dict.fromkeys(weight_map.values())]
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise MergeError(f"{index}: lists shard files that do not exist: {missing}")
+            return files
+        if (directory / single).is_file():
+            return [directory / single]
+    found = sorted(directory.glob("*.safetensors"))
+    if found:
+        return found
+    raise MergeError(f"{directory}: no model.safetensors(.index.json) or pytorch_model.bin found")
+
+
+def _read_header(file: Path) -> dict[str, tuple[_Location, TensorInfo]]:
+    try:
+        with open(file, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+    except (OSError, struct.error, ValueError) as e:
+        raise MergeError(f"{file}: not a readable safetensors file ({e})") from None
+    data_start = 8 + length
+    out = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if entry["dtype"] not in SAFETENSORS_DTYPES:
+            raise MergeError(f"{file}: tensor {name} has unsupported dtype {entry['dtype']}")
+        begin, end = entry["data_offsets"]
+        loc = _Location(file, data_start + begin, data_start + end)
+        out[name] = (loc, TensorInfo(tuple(entry["shape"]), SAFETENSORS_DTYPES[entry["dtype"]]))
+    return out
+
+
+def _torch_load(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # torch raises many types for a bad pickle
+        raise MergeError(f"{file}: cannot load pickle checkpoint ({e})") from None
+    if not isinstance(state, dict):
+        raise MergeError(f"{file}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+class ShardedWriter:
+    """Streams tensors into safetensors shards of at most `shard_size` bytes (one tensor may
+    exceed it alone), then names them model-0000k-of-0000n and writes the index."""
+
+    def __init__(self, directory: Path, shard_size: int):
+        if shard_size <= 0:
+            raise MergeError(f"shard_size: must be positive, got {shard_size}")
+        self.directory = directory
+        self.shard_size = shard_size
+        self._pending: dict[str, torch.Tensor] = {}
+        self._pending_bytes = 0
+        self._shards: list[list[str]] = []
+        self.total_size = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self._pending and self._pending_bytes + size > self.shard_size:
+            self._flush()
+        self._pending[name] = tensor.detach().to("cpu").contiguous()
+        self._pending_bytes += size
+        self.total_size += size
+
+    def _flush(self) -> None:
+        path = self.directory / f"shard-{len(self._shards)}.tmp"
+        save_file(self._pending, str(path), metadata={"format": "pt"})
+        self._shards.append(list(self._pending))
+        self._pending, self._pending_bytes = {}, 0
+
+    def finish(self) -> list[str]:
+        """Write the last shard, name the shards, write the index; returns the file names."""
+        if self._pending or not self._shards:
+            self._flush()
+        n = len(self._shards)
+        if n == 1:
+            names = ["model.safetensors"]
+        else:
+            names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        for i, name in enumerate(names):
+            os.replace(self.directory / f"shard-{i}.tmp", self.directory / name)
+        if n > 1:
+            weight_map = {t: names[i] for i, shard in enumerate(self._shards) for t in shard}
+            index = {"metadata": {"total_size": self.total_size}, "weight_map": weight_map}
+            text = json.dumps(index, indent=2, sort_keys=True) + "\n"
+            (self.directory / "model.safetensors.index.json").write_text(text)
+        return names
+
+
+def parse_size(text: str | int) -> int:
+    """`5GB`, `500MB`, `1.5G`, `2000000` -> bytes (decimal units, as mergekit)."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", text.upper())
+    if not match:
+        raise MergeError(f"shard size: expected e.g. 5GB, 500MB or a byte count, got {text!r}")
+    unit = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}[match.group(2)]
+    return int(float(match.group(1)) * unit)
+
+
+def copy_files(source: Path, target: Path, names: Iterable[str]) -> list[str]:
+    """Copy the named files that exist in `source`; returns those copied."""
+    copied = []
+    for name in names:
+        if (source / name).is_file():
+            (target / name).write_bytes((source / name).read_bytes())
+            copied.append(name)
+    return copied

@@ -1,0 +1,48 @@
+"""Everything in a merged checkpoint besides the weights: config, tokenizer, model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from evomerge.merge.architecture import output_config
+from evomerge.merge.cache import SourceCache
+from evomerge.merge.io import copy_files
+from evomerge.merge.plan import MergePlan
+from evomerge.recipe import dump_recipe
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
+TAGALONG_FILES = ("generation_config.json",)
+
+
+def write_extras(plan: MergePlan, cache: SourceCache, out: Path, dtype_name: str | None) -> None:
+    reference = cache.layout(plan.reference)
+    layer_sources = [(cache.layout(model), layer) for model, layer in plan.layer_sources]
+    dtype = dtype_name or str(plan.jobs[0].dtype).removeprefix("torch.")
+    config = output_config(reference, layer_sources, dtype)
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    source = plan.recipe.tokenizer_source
+    tokenizer_ref = plan.reference if source in (None, "base") else source
+    copy_files(cache.directory(tokenizer_ref), out, TOKENIZER_FILES)
+    copy_files(cache.directory(plan.reference), out, TAGALONG_FILES)
+    (out / "README.md").write_text(model_card(plan))
+
+
+def model_card(plan: MergePlan) -> str:
+    recipe = plan.recipe
+    models = "\n".join(f"- {ref}" for ref in recipe.referenced_models())
+    return (
+        "---\nlibrary_name: transformers\ntags:\n- merge\n- evomerge\n---\n"
+        f"# Merged model\n\nMerged with evomerge (`python -m evomerge merge`) using "
+        f"`{recipe.merge_method}`. The recipe below reproduces it.\n\n## Source models\n\n{models}\n\n"
+        f"## Recipe\n\n```yaml\n{dump_recipe(recipe)}```\n"
+    )

@@ -1,0 +1,199 @@
+"""Recipe -> one job per output tensor, with inputs and resolved parameters; no weights read.
+
+Layout rules follow mergekit: `models` is one segment over every layer (the base model joins the
+inputs when the method needs it); `slices` are segments whose output layers are concatenated in
+order. A parameter's gradient position t is offset / (length - 1) within its segment (1 for a
+one-layer segment) and 0 for the global tensors (embeddings, final norm, head), which take their
+inputs from the first segment (embeddings) or the last one (the rest). Parameter precedence:
+the source's own parameters, then the slice's, then the recipe's; per-model filters match the
+input tensor's name, global ones the output tensor's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from evomerge.errors import MergeError, RecipeError
+from evomerge.merge.architecture import ModelLayout, layer_tensor
+from evomerge.merge.methods import REQUIRED, Method, Param, get_method
+from evomerge.recipe import Parameters, Recipe, resolve_value
+
+
+@dataclass(frozen=True)
+class TensorInput:
+    model: str
+    name: str  # the stored tensor name in that model
+
+
+@dataclass(frozen=True)
+class TensorJob:
+    """One output tensor: inputs (non-base first, the base last when `has_base`), parameters."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype  # promoted dtype of the inputs
+    inputs: tuple[TensorInput, ...]
+    has_base: bool
+    per_model: Mapping[str, tuple[Any, ...]]  # one value per non-base input (all inputs if no base)
+    shared: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    recipe: Recipe
+    method: Method
+    jobs: tuple[TensorJob, ...]
+    reference: str  # model whose config and global tensor layout the output copies
+    layer_sources: tuple[tuple[str, int], ...]  # per output layer: (model, source layer)
+
+
+@dataclass(frozen=True)
+class _Input:
+    model: str
+    layer_start: int
+    parameters: Parameters
+
+
+@dataclass(frozen=True)
+class _Segment:
+    path: str  # recipe key path, for messages
+    inputs: tuple[_Input, ...]  # non-base first, base last when the method has one
+    length: int
+    parameters: Parameters  # slice-level
+
+
+def plan_merge(recipe: Recipe, layouts: Mapping[str, ModelLayout]) -> MergePlan:
+    """Every output tensor's job; raises on missing tensors, shape or range mismatches."""
+    method = get_method(recipe.merge_method)
+    segments = _segments(recipe, method, layouts)
+    reference = recipe.base_model or segments[0].inputs[0].model
+    ref_layout = layouts[reference]
+    globals_ = ref_layout.global_tensors
+    pre = [n for n in globals_ if "embed" in n]
+    post = [n for n in globals_ if "embed" not in n]
+    jobs = [_job(recipe, method, layouts, segments[0], n, n, None, 0.0) for n in pre]
+    layer_sources: list[tuple[str, int]] = []
+    for seg in segments:
+        first = seg.inputs[0]
+        for offset in range(seg.length):
+            t = offset / (seg.length - 1) if seg.length > 1 else 1.0
+            out_layer = len(layer_sources)
+            for suffix in layouts[first.model].layer_suffixes:
+                out_name = layer_tensor(out_layer, suffix)
+                jobs.append(_job(recipe, method, layouts, seg, out_name, suffix, offset, t))
+            layer_sources.append((first.model, first.layer_start + offset))
+    jobs += [_job(recipe, method, layouts, segments[-1], n, n, None, 0.0) for n in post]
+    return MergePlan(recipe, method, tuple(jobs), reference, tuple(layer_sources))
+
+
+def _segments(recipe: Recipe, method: Method, layouts: Mapping[str, ModelLayout]) -> list[_Segment]:
+    if recipe.models:
+        base = recipe.base_model if method.needs_base else None
+        inputs = [_Input(m.model, 0, m.parameters) for m in recipe.models if m.model != base]
+        if base is not None:
+            inputs.append(_Input(base, 0, {}))
+        counts = {layouts[i.model].num_layers for i in inputs}
+        if len(counts) > 1:
+            detail = {i.model: layouts[i.model].num_layers for i in inputs}
+            raise MergeError(
+                f"models: every model needs the same number of layers, got {detail}; "
+                "use `slices` with layer_range to combine different depths"
+            )
+        return [_Segment("models", tuple(inputs), counts.pop(), {})]
+    segments = []
+    for i, s in enumerate(recipe.slices):
+        base = (s.base_model or recipe.base_model) if method.needs_base else None
+        for j, src in enumerate(s.sources):
+            _check_range(src.layer_range, layouts[src.model], f"slices[{i}].sources[{j}]")
+        inputs = [
+            _Input(x.model, x.layer_range[0], x.parameters) for x in s.sources if x.model != base
+        ]
+        inputs += [_Input(x.model, x.layer_range[0], {}) for x in s.sources if x.model == base][:1]
+        length = s.sources[0].layer_range[1] - s.sources[0].layer_range[0]
+        segments.append(_Segment(f"slices[{i}]", tuple(inputs), length, s.parameters))
+    return segments
+
+
+def _check_range(layer_range: tuple[int, int], layout: ModelLayout, path: str) -> None:
+    if layer_range[1] > layout.num_layers:
+        raise RecipeError(
+            f"{path}.layer_range: {list(layer_range)} is out of bounds; model "
+            f"{layout.ref!r} has {layout.num_layers} layers (valid: 0 <= start < end <= "
+            f"{layout.num_layers})"
+        )
+
+
+def _job(
+    recipe: Recipe,
+    method: Method,
+    layouts: Mapping[str, ModelLayout],
+    seg: _Segment,
+    out_name: str,
+    suffix: str,
+    offset: int | None,
+    t: float,
+) -> TensorJob:
+    inputs = []
+    for item in seg.inputs:
+        wanted = suffix if offset is None else layer_tensor(item.layer_start + offset, suffix)
+        stored = layouts[item.model].source_name(wanted)
+        if stored is None:
+            raise MergeError(f"model {item.model!r} has no tensor {wanted} (needed for {out_name})")
+        inputs.append(TensorInput(item.model, stored))
+    infos = [layouts[i.model].tensors[i.name] for i in inputs]
+    for inp, info in zip(inputs[1:], infos[1:], strict=True):
+        if info.shape != infos[0].shape:
+            raise MergeError(
+                f"shape mismatch for {out_name}: {inputs[0].model!r} has {inputs[0].name} "
+                f"{list(infos[0].shape)}, {inp.model!r} has {inp.name} {list(info.shape)}"
+            )
+    dtype = infos[0].dtype
+    for info in infos[1:]:
+        dtype = torch.promote_types(dtype, info.dtype)
+    has_base = method.needs_base
+    weighted = seg.inputs[:-1] if has_base else seg.inputs
+    per_model = {
+        name: tuple(
+            _resolve(
+                name,
+                param,
+                [x.parameters, seg.parameters, recipe.parameters],
+                inp.name,
+                t,
+                inp.model,
+            )
+            for x, inp in zip(weighted, inputs, strict=False)
+        )
+        for name, param in method.per_model.items()
+    }
+    shared = {
+        name: _resolve(name, param, [seg.parameters, recipe.parameters], out_name, t, None)
+        for name, param in method.shared.items()
+    }
+    return TensorJob(out_name, infos[0].shape, dtype, tuple(inputs), has_base, per_model, shared)
+
+
+def _resolve(
+    name: str,
+    param: Param,
+    scopes: Sequence[Parameters],
+    tensor: str,
+    t: float,
+    model: str | None,
+) -> Any:
+    for scope in scopes:
+        if name in scope:
+            value = resolve_value(scope[name], tensor, t)
+            if value is not None:
+                return value
+    if param.default is REQUIRED:
+        where = f"{tensor} of model {model!r}" if model else tensor
+        raise RecipeError(
+            f"parameters.{name}: no value applies to {where} (no filter matched); "
+            "add a condition without a filter as the fallback"
+        )
+    return param.default

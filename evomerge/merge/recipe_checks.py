@@ -1,0 +1,150 @@
+"""Recipe checks that need the method registry: parameter names, values, base model, counts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from evomerge.errors import RecipeError
+from evomerge.recipe import Condition, Parameters, ParameterValue, Recipe
+
+if TYPE_CHECKING:
+    from evomerge.merge.methods import Method, Param
+
+
+def check_recipe_for_method(method: Method, recipe: Recipe) -> None:
+    _check_parameters(method, recipe.parameters, "parameters", per_model_only=False)
+    for i, m in enumerate(recipe.models):
+        _check_parameters(method, m.parameters, f"models[{i}].parameters", per_model_only=True)
+    for i, s in enumerate(recipe.slices):
+        _check_parameters(method, s.parameters, f"slices[{i}].parameters", per_model_only=False)
+        for j, src in enumerate(s.sources):
+            path = f"slices[{i}].sources[{j}].parameters"
+            _check_parameters(method, src.parameters, path, per_model_only=True)
+    if recipe.models:
+        _check_models_form(method, recipe)
+    for i in range(len(recipe.slices)):
+        _check_slice(method, recipe, i)
+
+
+def _check_parameters(
+    method: Method, params: Parameters, path: str, *, per_model_only: bool
+) -> None:
+    for name, value in params.items():
+        if name in method.shared and per_model_only:
+            raise RecipeError(
+                f"{path}.{name}: is a global parameter of {method.name}; "
+                "move it to the top-level (or slice) `parameters`"
+            )
+        param = method.parameters.get(name)
+        if param is None:
+            valid = ", ".join(sorted(method.parameters)) or "none"
+            raise RecipeError(
+                f"{path}.{name}: unknown parameter for {method.name}; valid parameters: {valid}"
+            )
+        _check_value(param, value, f"{path}.{name}")
+
+
+def _check_value(param: Param, value: ParameterValue, path: str) -> None:
+    if isinstance(value, tuple):
+        for i, item in enumerate(value):
+            if isinstance(item, Condition):
+                _check_value(param, item.value, f"{path}[{i}].value")
+            else:
+                _check_scalar(param, item, f"{path}[{i}]")
+    else:
+        _check_scalar(param, value, path)
+
+
+def _check_scalar(param: Param, value: object, path: str) -> None:
+    if value is None and param.optional:
+        return
+    param.check(value, path)
+
+
+def _has_parameter(name: str, scopes: Sequence[Parameters]) -> bool:
+    return any(name in scope for scope in scopes)
+
+
+def _check_counts(method: Method, count: int, path: str) -> None:
+    low, high = method.min_models, method.max_models
+    besides = " besides the base" if method.needs_base else ""
+    if count < low or (high is not None and count > high):
+        rule = (
+            f"exactly {low}"
+            if low == high
+            else f"at least {low}"
+            if high is None
+            else f"at most {high}"
+        )
+        raise RecipeError(f"{path}: {method.name} takes {rule} model(s){besides}, got {count}")
+
+
+def _require_base(method: Method, base: str | None, path: str) -> str:
+    if base is None:
+        raise RecipeError(
+            f"{path}: {method.name} needs a base model; add `base_model: <model>` to the recipe"
+        )
+    return base
+
+
+def _check_models_form(method: Method, recipe: Recipe) -> None:
+    base = recipe.base_model
+    if method.needs_base:
+        base = _require_base(method, base, "base_model")
+    others = [m for m in recipe.models if m.model != base] if method.needs_base else recipe.models
+    _check_counts(method, len(others), "models")
+    for name, param in method.per_model.items():
+        if param.default is not _required():
+            continue
+        for i, m in enumerate(recipe.models):
+            if m in others and not _has_parameter(name, [m.parameters, recipe.parameters]):
+                raise RecipeError(
+                    f"models[{i}].parameters.{name}: required by {method.name} "
+                    "(or set it once in the top-level `parameters`)"
+                )
+    _check_shared_required(method, [recipe.parameters], "parameters")
+
+
+def _check_slice(method: Method, recipe: Recipe, index: int) -> None:
+    s = recipe.slices[index]
+    path = f"slices[{index}]"
+    lengths = {src.layer_range[1] - src.layer_range[0] for src in s.sources}
+    if len(lengths) > 1:
+        ranges = [list(src.layer_range) for src in s.sources]
+        raise RecipeError(
+            f"{path}.sources: every source of a slice needs the same number of layers, got {ranges}"
+        )
+    names = [src.model for src in s.sources]
+    base = s.base_model or recipe.base_model
+    if method.needs_base:
+        base = _require_base(method, base, f"{path}.base_model")
+        if base not in names:
+            raise RecipeError(
+                f"{path}.sources: the base model {base!r} must be one of the slice's sources"
+            )
+        names = [n for n in names if n != base]
+    _check_counts(method, len(names), f"{path}.sources")
+    for name, param in method.per_model.items():
+        if param.default is not _required():
+            continue
+        for j, src in enumerate(s.sources):
+            scopes = [src.parameters, s.parameters, recipe.parameters]
+            if src.model in names and not _has_parameter(name, scopes):
+                raise RecipeError(
+                    f"{path}.sources[{j}].parameters.{name}: required by {method.name} "
+                    "(or set it in the slice or top-level `parameters`)"
+                )
+    _check_shared_required(method, [s.parameters, recipe.parameters], f"{path}.parameters")
+
+
+def _check_shared_required(method: Method, scopes: Sequence[Parameters], path: str) -> None:
+    for name, param in method.shared.items():
+        if param.default is _required() and not _has_parameter(name, scopes):
+            raise RecipeError(f"{path}.{name}: required by {method.name}")
+
+
+def _required() -> object:
+    from evomerge.merge.methods import REQUIRED
+
+    return REQUIRED

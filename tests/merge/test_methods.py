@@ -1,0 +1,109 @@
+"""One contract suite, run over every registered merge method (pure tensor functions)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import torch
+
+from evomerge.merge.methods import METHODS, REQUIRED, MergeArgs, Method
+
+NAMES = sorted(METHODS)
+
+
+def _inputs(method: Method, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    gen = torch.Generator().manual_seed(seed)
+    n = 1 if method.max_models == 1 else 3
+    base = torch.randn(6, 5, generator=gen) if method.needs_base else None
+    anchor = base if base is not None else torch.zeros(6, 5)
+    return [anchor + 0.1 * torch.randn(6, 5, generator=gen) for _ in range(n)], base
+
+
+def _args(method: Method, n: int, seed: int = 0, **per_model: Sequence[Any]) -> MergeArgs:
+    values: dict[str, Sequence[Any]] = {}
+    for name, param in method.per_model.items():
+        default = 1.0 / n if param.default is REQUIRED else param.default
+        values[name] = per_model.get(name, [default] * n)
+    shared = {k: 0.5 if p.default is REQUIRED else p.default for k, p in method.shared.items()}
+    gens = (
+        [torch.Generator().manual_seed(seed * 100 + i) for i in range(n)] if method.seeded else []
+    )
+    return MergeArgs(per_model=values, shared=shared, generators=gens)
+
+
+def _selecting_args(method: Method, n: int, k: int) -> MergeArgs:
+    """Arguments under which the merge should return input k unchanged."""
+    if "weight" in method.per_model:
+        onehot = [1.0 if i == k else 0.0 for i in range(n)]
+        return _args(method, n, weight=onehot, density=[1.0] * n)
+    args = _args(method, n)
+    if method.name == "slerp":
+        return MergeArgs(shared={"t": 1.0})
+    return args
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shape_and_dtype_are_kept(name: str) -> None:
+    method = METHODS[name]
+    tensors, base = _inputs(method)
+    out = method.fn(tensors, base, _args(method, len(tensors)))
+    assert out.shape == tensors[0].shape and out.dtype == tensors[0].dtype
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_identical_inputs_give_the_input_back(name: str) -> None:
+    method = METHODS[name]
+    tensors, base = _inputs(method)
+    same = [tensors[0].clone() for _ in tensors]
+    out = method.fn(
+        same, tensors[0].clone() if base is not None else None, _args(method, len(same))
+    )
+    torch.testing.assert_close(out, tensors[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_weight_one_on_one_model_gives_that_model(name: str) -> None:
+    method = METHODS[name]
+    tensors, base = _inputs(method)
+    k = len(tensors) - 1
+    if method.name == "model_stock":  # no weights: every update equal to model k's
+        tensors = [tensors[k].clone() for _ in tensors]
+    out = method.fn(tensors, base, _selecting_args(method, len(tensors), k))
+    torch.testing.assert_close(out, tensors[k], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", ["random", "zeros", "opposed"])
+def test_no_nan(name: str, kind: str) -> None:
+    method = METHODS[name]
+    tensors, base = _inputs(method)
+    if kind == "zeros":
+        tensors = [torch.zeros_like(t) for t in tensors]
+        base = torch.zeros_like(base) if base is not None else None
+    if kind == "opposed" and len(tensors) > 1:
+        anchor = base if base is not None else torch.zeros_like(tensors[0])
+        tensors[1] = 2 * anchor - tensors[0]  # exactly opposite update
+    out = method.fn(tensors, base, _args(method, len(tensors)))
+    assert not out.isnan().any()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_deterministic_given_a_seed(name: str) -> None:
+    method = METHODS[name]
+    tensors, base = _inputs(method)
+    n = len(tensors)
+    first = method.fn(tensors, base, _args(method, n, seed=7, density=[0.5] * n))
+    again = method.fn(tensors, base, _args(method, n, seed=7, density=[0.5] * n))
+    assert torch.equal(first, again)
+    other = method.fn(tensors, base, _args(method, n, seed=8, density=[0.5] * n))
+    assert torch.equal(first, other) != method.seeded  # only seeded methods depend on the seed
+
+
+def test_registry_declares_every_method_of_the_design() -> None:
+    expected = {
+        "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
+        "breadcrumbs_ties", "slerp", "passthrough", "model_stock",
+    }  # fmt: skip
+    assert set(METHODS) == expected
+    assert {n for n, m in METHODS.items() if m.seeded} == {"dare_ties", "dare_linear"}
+    assert {n for n, m in METHODS.items() if m.needs_base} == expected - {"linear", "passthrough"}
