@@ -1,0 +1,204 @@
+"""Parameter-space (PS) genome: a flat vector in [0, 1]^D <-> a per-layer-group merge recipe.
+
+After Akiba et al. (2024), section 3.1: per layer group and per source model, a mixing weight
+and (for TIES / DARE) a density. Embeddings and the output head are groups of their own.
+The recipe it decodes to is plain mergekit: per-model parameters given as `{filter, value}`
+lists, one entry per tensor-name prefix (`model.embed_tokens`, `model.layers.<i>.`, ...).
+Both directions are pure functions; `encode(space, decode(space, x)) == x` for x in the box.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from evomerge.errors import ConfigError, RecipeError
+from evomerge.recipe import Condition, ModelSpec, Recipe
+
+# Which per-model parameters each selectable method takes, in coordinate order.
+METHOD_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "dare_ties": ("weight", "density"),
+    "ties": ("weight", "density"),
+    "dare_linear": ("weight", "density"),
+    "task_arithmetic": ("weight",),
+    "linear": ("weight",),
+}
+NEEDS_BASE = {"dare_ties", "ties", "dare_linear", "task_arithmetic"}
+EMBED_FILTERS = ("model.embed_tokens",)
+HEAD_FILTERS = ("model.norm.", "lm_head")
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    filters: tuple[str, ...]  # tensor-name substrings this group's values apply to
+
+
+@dataclass(frozen=True)
+class PSSpace:
+    """The box: which models, how layers are grouped, and the range of each parameter.
+
+    weight_range: weights may exceed 1 (the toy's best per-layer weights sat near 2).
+    density_range: DARE/TIES keep share; below ~0.1 too little of a task vector survives.
+    x0: the uniform merge (every group at `x0_weight` / `x0_density`), CMA-ES's start.
+    """
+
+    base_model: str | None
+    models: tuple[str, ...]
+    model_names: tuple[str, ...]
+    num_layers: int
+    method: str = "dare_ties"
+    layers_per_group: int = 1
+    weight_range: tuple[float, float] = (0.0, 2.0)
+    density_range: tuple[float, float] = (0.1, 1.0)
+    x0_weight: float = 1.0
+    x0_density: float = 0.5
+    parameters: Mapping[str, Any] = field(default_factory=dict)  # global, e.g. normalize
+    dtype: str | None = None
+    random_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHOD_PARAMETERS:
+            raise ConfigError(
+                f"space.method: {self.method!r} is not searchable in PS space; "
+                f"choose one of {sorted(METHOD_PARAMETERS)}"
+            )
+        if self.method in NEEDS_BASE and not self.base_model:
+            raise ConfigError(f"models.base_model: method {self.method!r} needs a base model")
+        if not self.models or len(self.models) != len(self.model_names):
+            raise ConfigError("models.sources: need at least one source model, each with a name")
+        if len(set(self.model_names)) != len(self.model_names):
+            raise ConfigError(f"models.sources: names must be unique, got {self.model_names}")
+        if self.num_layers < 1:
+            raise ConfigError(f"space: num_layers must be >= 1, got {self.num_layers}")
+        if not 1 <= self.layers_per_group <= self.num_layers:
+            raise ConfigError(
+                f"space.layers_per_group: must be in [1, {self.num_layers}], "
+                f"got {self.layers_per_group}"
+            )
+        for key in ("weight_range", "density_range"):
+            lo, hi = getattr(self, key)
+            if not lo < hi:
+                raise ConfigError(f"space.{key}: must satisfy low < high, got [{lo}, {hi}]")
+        lo, hi = self.density_range
+        if lo < 0 or hi > 1:
+            raise ConfigError(f"space.density_range: must lie in [0, 1], got [{lo}, {hi}]")
+        for key, rng in (("x0_weight", self.weight_range), ("x0_density", self.density_range)):
+            if not rng[0] <= getattr(self, key) <= rng[1]:
+                raise ConfigError(f"space.{key}: must lie in {list(rng)}, got {getattr(self, key)}")
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        return METHOD_PARAMETERS[self.method]
+
+    @property
+    def groups(self) -> tuple[Group, ...]:
+        k = self.layers_per_group
+        layer_groups = []
+        for start in range(0, self.num_layers, k):
+            stop = min(start + k, self.num_layers)
+            name = f"layers.{start}" if stop - start == 1 else f"layers.{start}-{stop - 1}"
+            layer_groups.append(
+                Group(name, tuple(f"model.layers.{i}." for i in range(start, stop)))
+            )
+        return (Group("embed", EMBED_FILTERS), *layer_groups, Group("head", HEAD_FILTERS))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Coordinate names (the Optuna parameter names): `<group>.<model>.<parameter>`."""
+        return tuple(
+            f"{g.name}.{m}.{p}"
+            for g in self.groups
+            for m in self.model_names
+            for p in self.parameter_names
+        )
+
+    @property
+    def dim(self) -> int:
+        return len(self.names)
+
+    def range_of(self, parameter: str) -> tuple[float, float]:
+        return self.weight_range if parameter == "weight" else self.density_range
+
+    def x0(self) -> np.ndarray:
+        """The uniform merge as a point of the box."""
+        start = {"weight": self.x0_weight, "density": self.x0_density}
+        return np.array(
+            [
+                _to_unit(start[n.rsplit(".", 1)[1]], self.range_of(n.rsplit(".", 1)[1]))
+                for n in self.names
+            ]
+        )
+
+
+def decode(space: PSSpace, x: Sequence[float] | np.ndarray) -> Recipe:
+    """Genome -> recipe. Coordinates outside [0, 1] are clipped to the box."""
+    x = np.asarray(x, dtype=float)
+    if x.shape != (space.dim,):
+        raise ConfigError(f"genome: expected {space.dim} coordinates, got shape {x.shape}")
+    values = dict(zip(space.names, np.clip(x, 0.0, 1.0).tolist(), strict=True))
+    models = []
+    for model, mname in zip(space.models, space.model_names, strict=True):
+        params: dict[str, tuple[Condition, ...]] = {}
+        for p in space.parameter_names:
+            lo, hi = space.range_of(p)
+            params[p] = tuple(
+                Condition(value=_from_unit(values[f"{g.name}.{mname}.{p}"], (lo, hi)), filter=f)
+                for g in space.groups
+                for f in g.filters
+            )
+        models.append(ModelSpec(model=model, parameters=params))
+    return Recipe(
+        merge_method=space.method,
+        base_model=space.base_model if space.method in NEEDS_BASE else None,
+        models=tuple(models),
+        parameters=dict(space.parameters),
+        dtype=space.dtype,
+        random_seed=space.random_seed,
+    )
+
+
+def encode(space: PSSpace, recipe: Recipe) -> np.ndarray:
+    """Recipe -> genome; a recipe outside the space raises RecipeError saying where."""
+    if recipe.merge_method != space.method:
+        raise RecipeError(
+            f"merge_method: the space searches {space.method!r}, got {recipe.merge_method!r}"
+        )
+    got = tuple(m.model for m in recipe.models)
+    if got != space.models:
+        raise RecipeError(f"models: the space's sources are {list(space.models)}, got {list(got)}")
+    out = []
+    for g in space.groups:
+        for i, spec in enumerate(recipe.models):
+            for p in space.parameter_names:
+                v = _group_value(spec, p, g, f"models[{i}].parameters.{p}")
+                out.append(_to_unit(v, space.range_of(p)))
+    return np.array(out)
+
+
+def _group_value(spec: ModelSpec, parameter: str, group: Group, path: str) -> float:
+    setting = spec.parameters.get(parameter)
+    if not isinstance(setting, tuple) or not all(isinstance(c, Condition) for c in setting):
+        raise RecipeError(f"{path}: expected a list of {{filter, value}} entries")
+    by_filter = {c.filter: c.value for c in setting if isinstance(c, Condition)}
+    found = {by_filter.get(f) for f in group.filters}
+    if len(found) != 1 or None in found:
+        raise RecipeError(
+            f"{path}: group {group.name!r} needs one shared value for filters "
+            f"{list(group.filters)}, got {sorted(map(str, found))}"
+        )
+    value = found.pop()
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise RecipeError(f"{path}: value for group {group.name!r} must be a number, got {value!r}")
+    return float(value)
+
+
+def _from_unit(u: float, rng: tuple[float, float]) -> float:
+    return rng[0] + u * (rng[1] - rng[0])
+
+
+def _to_unit(v: float, rng: tuple[float, float]) -> float:
+    return (v - rng[0]) / (rng[1] - rng[0])

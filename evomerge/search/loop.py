@@ -1,0 +1,200 @@
+"""The search loop, as in the paper: ask -> decode -> merge -> evaluate -> tell -> record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from tqdm import tqdm
+
+from evomerge.errors import EvomergeError, MergeError
+from evomerge.evaluate import CandidateFailed, load_tasks, make_backend
+from evomerge.genome.ps import PSSpace, decode
+from evomerge.merge import MergeOptions, SourceCache
+from evomerge.recipe import Recipe, dump_recipe
+from evomerge.search.config import SearchConfig
+from evomerge.search.scorer import CandidateScorer
+from evomerge.search.space import build_space
+from evomerge.search.study import FAILURE, best_trial, open_study, trials_done
+
+
+class CandidateError(EvomergeError):
+    """A candidate failed (its trial is FAIL with a reason); the search goes on."""
+
+
+@dataclass
+class StopFlag:
+    """First Ctrl-C: finish the current candidate, then stop. Second: stop now."""
+
+    requested: bool = False
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        def handler(signum: int, frame: Any) -> None:
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            tqdm.write("stopping after the current candidate (Ctrl-C again to stop now)")
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def run_search(cfg: SearchConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the search of `cfg.run` until its trial budget is used; returns the
+    summary also written to `<run_dir>/summary.json`."""
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    # lm-eval and transformers draw a bar per request batch; ours (explicit disable=) stays.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    space = build_space(cfg)
+    study = open_study(cfg, space)
+    scorer = make_scorer(cfg, space)
+    stop, budget = StopFlag(), cfg.optimizer.n_trials
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    best_number = -1
+    with (
+        stop.installed(),
+        tqdm(
+            total=budget,
+            initial=min(trials_done(study), budget),
+            desc=cfg.run,
+            unit="cand",
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar,
+    ):
+        while trials_done(study) < budget and not stop.requested:
+            study.optimize(
+                lambda trial: objective(trial, space, scorer, worker),
+                n_trials=1,
+                catch=(CandidateError,),
+            )
+            best_number = record(cfg, study, space, bar, best_number)
+    return finish(cfg, study, space, scorer)
+
+
+def objective(trial: optuna.Trial, space: PSSpace, scorer: CandidateScorer, worker: str) -> float:
+    x = np.array([trial.suggest_float(name, 0.0, 1.0) for name in space.names])
+    recipe = decode(space, x)
+    trial.set_user_attr("recipe_sha256", recipe_hash(recipe))
+    trial.set_user_attr("worker", worker)
+    try:
+        scored = scorer.score(recipe)
+    except (CandidateFailed, MergeError) as e:
+        reason = e.reason if isinstance(e, CandidateFailed) else "merge"
+        trial.set_user_attr(FAILURE, f"{reason}: {e}")
+        raise CandidateError(f"trial {trial.number}: {reason}: {e}") from e
+    trial.set_user_attr("metrics", scored.results)
+    trial.set_user_attr("merge_s", scored.merge_s)
+    trial.set_user_attr("swap_s", scored.swap_s)
+    trial.set_user_attr("eval_s", scored.eval_s)
+    return scored.fitness
+
+
+def record(
+    cfg: SearchConfig, study: optuna.Study, space: PSSpace, bar: tqdm, best_number: int
+) -> int:
+    """Advance the progress bar; rewrite best_recipe.yaml when the best trial changed."""
+    done = trials_done(study)
+    bar.update(min(done, budget_of(bar)) - int(bar.n))
+    best = best_trial(study)
+    if best is None:
+        return best_number
+    last = study.trials[-1]
+    secs = (last.user_attrs.get("merge_s", 0) + last.user_attrs.get("eval_s", 0)) or None
+    bar.set_postfix(
+        best=f"{best.value:.4f}",
+        last=f"{last.value or float('nan'):.4f}",
+        s_per_cand=f"{secs:.2f}" if secs else "-",
+        refresh=False,
+    )
+    if best.number != best_number:
+        write_best_recipe(cfg.run_dir, genome_recipe(space, best), best)
+    return best.number
+
+
+def budget_of(bar: tqdm) -> int:
+    return int(bar.total or 0)
+
+
+def genome_recipe(space: PSSpace, trial: optuna.trial.FrozenTrial) -> Recipe:
+    return decode(space, np.array([trial.params[n] for n in space.names]))
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    return hashlib.sha256(dump_recipe(recipe).encode()).hexdigest()
+
+
+def write_best_recipe(run_dir: Path, recipe: Recipe, trial: optuna.trial.FrozenTrial) -> None:
+    header = (
+        f"# best candidate of this run so far: trial {trial.number}, fitness {trial.value!r}\n"
+        f"# merge it: python -m evomerge merge {run_dir / 'best_recipe.yaml'} OUT_DIR\n"
+    )
+    write_text_atomic(run_dir / "best_recipe.yaml", header + dump_recipe(recipe))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def make_scorer(cfg: SearchConfig, space: PSSpace) -> CandidateScorer:
+    template = space.base_model or space.models[0]
+    backend = make_backend(template, cfg.evaluator)
+    tasks = load_tasks(cfg.task.objective.tasks, cfg.evaluator, extra_paths=cfg.task.include)
+    options = MergeOptions(device=cfg.evaluator.device, random_seed=cfg.seed, progress=False)
+    return CandidateScorer(backend, tasks, cfg.task.objective, SourceCache(preload=True), options)
+
+
+def finish(
+    cfg: SearchConfig, study: optuna.Study, space: PSSpace, scorer: CandidateScorer
+) -> dict[str, Any]:
+    """Score the winner on the held-out test tasks (once per winner) and write summary.json."""
+    best = best_trial(study)
+    summary: dict[str, Any] = {"run": cfg.run, "trials": trials_done(study)}
+    if best is None:
+        return summary
+    recipe = genome_recipe(space, best)
+    write_best_recipe(cfg.run_dir, recipe, best)
+    test = study.user_attrs.get("test_results", {})
+    if cfg.score_test and cfg.task.test and test.get("trial") != best.number:
+        tasks = load_tasks(cfg.task.test, cfg.evaluator, extra_paths=cfg.task.include)
+        test = {"trial": best.number, "results": scorer.evaluate_on(recipe, tasks)}
+        study.set_user_attr("test_results", test)
+    seconds = [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in study.trials
+        if t.datetime_complete is not None and t.datetime_start is not None
+    ]
+    summary.update(
+        best_trial=best.number,
+        fitness=best.value,
+        fitness_metrics=best.user_attrs.get("metrics"),
+        test_metrics=test.get("results"),
+        failed=sum(FAILURE in t.user_attrs for t in study.trials),
+        candidate_seconds=round(sum(seconds), 3),
+        recipe_sha256=recipe_hash(recipe),
+        written=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    write_text_atomic(cfg.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,113 @@
+"""The Optuna study is the run's checkpoint: storage, heartbeat, samplers, budget, best trial."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import optuna
+from optuna.samplers import BaseSampler
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from evomerge.errors import SearchError
+from evomerge.genome.ps import PSSpace
+from evomerge.search.config import OptimizerSpec, SearchConfig
+
+FAILURE = "failure_reason"  # user attr of a candidate that failed (nan, oom, timeout, merge)
+
+
+def make_sampler(spec: OptimizerSpec, space: PSSpace, seed: int) -> BaseSampler:
+    if spec.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(
+            x0=dict(zip(space.names, space.x0().tolist(), strict=True)),
+            sigma0=spec.sigma0,
+            seed=seed,
+            n_startup_trials=0,
+            popsize=spec.population_size,
+            restart_strategy=spec.restart_strategy,
+            warn_independent_sampling=False,
+        )
+    if spec.sampler == "pycma":
+        from evomerge.search.pycma import PyCmaSampler
+
+        return PyCmaSampler(
+            x0=space.x0(),
+            names=space.names,
+            sigma0=spec.sigma0,
+            seed=seed,
+            popsize=spec.population_size,
+        )
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            multivariate=True,
+            n_startup_trials=spec.n_startup_trials,
+            constant_liar=True,  # parallel workers do not all sample the same point
+        )
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def space_fingerprint(space: PSSpace) -> str:
+    text = "\n".join([space.method, *space.models, *space.names])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def open_study(cfg: SearchConfig, space: PSSpace) -> optuna.Study:
+    """Create or resume the run's study; refuse to resume one from a different space."""
+    engine: dict[str, Any] = {}
+    if cfg.storage_url.startswith("sqlite"):
+        engine = {"connect_args": {"timeout": 120}}  # several local workers may write at once
+    try:
+        storage = RDBStorage(
+            cfg.storage_url,
+            engine_kwargs=engine,
+            heartbeat_interval=cfg.heartbeat_s,
+            grace_period=2 * cfg.heartbeat_s,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                max_retry=cfg.max_retry
+            ),
+        )
+    except Exception as e:
+        raise SearchError(f"storage: cannot open {cfg.storage_url!r}: {e}") from e
+    study = optuna.create_study(
+        study_name=cfg.run,
+        storage=storage,
+        sampler=make_sampler(cfg.optimizer, space, cfg.seed),
+        direction="maximize",
+        load_if_exists=True,
+    )
+    fingerprint = space_fingerprint(space)
+    stored = study.user_attrs.get("space_fingerprint")
+    if stored is None:
+        study.set_user_attr("space_fingerprint", fingerprint)
+        study.set_user_attr("space_names", list(space.names))
+        if not study.trials and cfg.optimizer.sampler != "random":
+            # The uniform merge is the first candidate: the baseline every later one is judged by.
+            study.enqueue_trial(dict(zip(space.names, space.x0().tolist(), strict=True)))
+        for point in cfg.optimizer.warm_start:
+            study.enqueue_trial(point)
+    elif stored != fingerprint:
+        raise SearchError(
+            f"run {cfg.run!r}: its study was started with a different search space "
+            f"(models, method or layer groups); choose a new run=NAME or delete {cfg.run_dir}"
+        )
+    return study
+
+
+def counted(trial: FrozenTrial) -> bool:
+    """Trials that use up budget: completed ones, and candidates that failed on their own."""
+    return trial.state == TrialState.COMPLETE or (
+        trial.state == TrialState.FAIL and FAILURE in trial.user_attrs
+    )
+
+
+def trials_done(study: optuna.Study) -> int:
+    states = (TrialState.COMPLETE, TrialState.FAIL)
+    return sum(counted(t) for t in study.get_trials(deepcopy=False, states=states))
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    # ties go to the earliest trial, so the uniform merge wins unless something beats it
+    return max(done, key=lambda t: (t.value, -t.number), default=None)
