@@ -9,6 +9,7 @@ Both directions are pure functions; `encode(space, decode(space, x)) == x` for x
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,6 +123,22 @@ class PSSpace:
 
     def range_of(self, parameter: str) -> tuple[float, float]:
         return self.weight_range if parameter == "weight" else self.density_range
+
+    @property
+    def template_model(self) -> str:
+        """The model whose architecture the merged candidates share (the live model's)."""
+        return self.base_model or self.models[0]
+
+    def fingerprint(self) -> str:
+        """Identity of the space: a study may only resume with the same one."""
+        text = "\n".join(["ps", self.method, *self.models, *self.names])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def decode(self, x: Sequence[float] | np.ndarray) -> Recipe:
+        return decode(self, x)
+
+    def encode(self, recipe: Recipe) -> np.ndarray:
+        return encode(self, recipe)
 
     def x0(self) -> np.ndarray:
         """The uniform merge as a point of the box."""

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from evomerge.errors import EvomergeError, MergeError
 from evomerge.evaluate import CandidateFailed, load_tasks, make_backend
-from evomerge.genome.ps import PSSpace, decode
+from evomerge.genome import GenomeSpace
 from evomerge.merge import MergeOptions, SourceCache
 from evomerge.recipe import Recipe, dump_recipe
 from evomerge.search.config import SearchConfig
@@ -92,9 +92,11 @@ def run_search(cfg: SearchConfig, *, progress: bool = True) -> dict[str, Any]:
     return finish(cfg, study, space, scorer)
 
 
-def objective(trial: optuna.Trial, space: PSSpace, scorer: CandidateScorer, worker: str) -> float:
+def objective(
+    trial: optuna.Trial, space: GenomeSpace, scorer: CandidateScorer, worker: str
+) -> float:
     x = np.array([trial.suggest_float(name, 0.0, 1.0) for name in space.names])
-    recipe = decode(space, x)
+    recipe = space.decode(x)
     trial.set_user_attr("recipe_sha256", recipe_hash(recipe))
     trial.set_user_attr("worker", worker)
     try:
@@ -111,7 +113,7 @@ def objective(trial: optuna.Trial, space: PSSpace, scorer: CandidateScorer, work
 
 
 def record(
-    cfg: SearchConfig, study: optuna.Study, space: PSSpace, bar: tqdm, best_number: int
+    cfg: SearchConfig, study: optuna.Study, space: GenomeSpace, bar: tqdm, best_number: int
 ) -> int:
     """Advance the progress bar; rewrite best_recipe.yaml when the best trial changed."""
     done = trials_done(study)
@@ -136,8 +138,8 @@ def budget_of(bar: tqdm) -> int:
     return int(bar.total or 0)
 
 
-def genome_recipe(space: PSSpace, trial: optuna.trial.FrozenTrial) -> Recipe:
-    return decode(space, np.array([trial.params[n] for n in space.names]))
+def genome_recipe(space: GenomeSpace, trial: optuna.trial.FrozenTrial) -> Recipe:
+    return space.decode(np.array([trial.params[n] for n in space.names]))
 
 
 def recipe_hash(recipe: Recipe) -> str:
@@ -158,8 +160,8 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def make_scorer(cfg: SearchConfig, space: PSSpace) -> CandidateScorer:
-    template = space.base_model or space.models[0]
+def make_scorer(cfg: SearchConfig, space: GenomeSpace) -> CandidateScorer:
+    template = space.template_model
     backend = make_backend(template, cfg.evaluator)
     tasks = load_tasks(cfg.task.objective.tasks, cfg.evaluator, extra_paths=cfg.task.include)
     options = MergeOptions(device=cfg.evaluator.device, random_seed=cfg.seed, progress=False)
@@ -167,7 +169,7 @@ def make_scorer(cfg: SearchConfig, space: PSSpace) -> CandidateScorer:
 
 
 def finish(
-    cfg: SearchConfig, study: optuna.Study, space: PSSpace, scorer: CandidateScorer
+    cfg: SearchConfig, study: optuna.Study, space: GenomeSpace, scorer: CandidateScorer
 ) -> dict[str, Any]:
     """Score the winner on the held-out test tasks (once per winner) and write summary.json."""
     best = best_trial(study)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import ConfigError
+from evomerge.genome import GenomeSpace
 from evomerge.genome.ps import PSSpace
 from evomerge.search.config import SearchConfig
 
@@ -38,7 +39,7 @@ def num_layers_of(model: str) -> int:
     return n
 
 
-def build_space(cfg: SearchConfig) -> PSSpace:
+def build_space(cfg: SearchConfig) -> GenomeSpace:
     m = cfg.models
     base = resolve_reference(m.base_model, m.toy_size) if m.base_model else None
     sources = tuple(resolve_reference(ref, m.toy_size) for _, ref in m.sources)

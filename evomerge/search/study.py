@@ -2,58 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import optuna
-from optuna.samplers import BaseSampler
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.errors import SearchError
-from evomerge.genome.ps import PSSpace
-from evomerge.search.config import OptimizerSpec, SearchConfig
+from evomerge.genome import GenomeSpace
+from evomerge.search.config import SearchConfig
+from evomerge.search.samplers import make_sampler
 
 FAILURE = "failure_reason"  # user attr of a candidate that failed (nan, oom, timeout, merge)
 
 
-def make_sampler(spec: OptimizerSpec, space: PSSpace, seed: int) -> BaseSampler:
-    if spec.sampler == "cmaes":
-        return optuna.samplers.CmaEsSampler(
-            x0=dict(zip(space.names, space.x0().tolist(), strict=True)),
-            sigma0=spec.sigma0,
-            seed=seed,
-            n_startup_trials=0,
-            popsize=spec.population_size,
-            restart_strategy=spec.restart_strategy,
-            warn_independent_sampling=False,
-        )
-    if spec.sampler == "pycma":
-        from evomerge.search.pycma import PyCmaSampler
-
-        return PyCmaSampler(
-            x0=space.x0(),
-            names=space.names,
-            sigma0=spec.sigma0,
-            seed=seed,
-            popsize=spec.population_size,
-        )
-    if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(
-            seed=seed,
-            multivariate=True,
-            n_startup_trials=spec.n_startup_trials,
-            constant_liar=True,  # parallel workers do not all sample the same point
-        )
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-def space_fingerprint(space: PSSpace) -> str:
-    text = "\n".join([space.method, *space.models, *space.names])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def open_study(cfg: SearchConfig, space: PSSpace) -> optuna.Study:
+def open_study(cfg: SearchConfig, space: GenomeSpace) -> optuna.Study:
     """Create or resume the run's study; refuse to resume one from a different space."""
     engine: dict[str, Any] = {}
     if cfg.storage_url.startswith("sqlite"):
@@ -77,7 +40,7 @@ def open_study(cfg: SearchConfig, space: PSSpace) -> optuna.Study:
         direction="maximize",
         load_if_exists=True,
     )
-    fingerprint = space_fingerprint(space)
+    fingerprint = space.fingerprint()
     stored = study.user_attrs.get("space_fingerprint")
     if stored is None:
         study.set_user_attr("space_fingerprint", fingerprint)
