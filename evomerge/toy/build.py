@@ -1,0 +1,202 @@
+"""Build the toy family into a directory, and find or build it in the cache on first use.
+
+A family directory holds one Hugging Face model directory per model (config.json,
+model.safetensors, tokenizer.json, tokenizer_config.json) and `family.json` (the manifest:
+version, size, names, probe scores, build seconds). It is written to a temporary sibling and
+renamed into place, so a crash never leaves a half-built family that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+from transformers import LlamaForCausalLM
+
+from evomerge.errors import ConfigError
+from evomerge.toy.family import (
+    BASE_MIX,
+    FamilyConfig,
+    family_config,
+    make_model,
+    train,
+    with_replay,
+)
+from evomerge.toy.probe import score
+from evomerge.toy.tasks import task_examples
+from evomerge.toy.tokenizer import make_tokenizer
+
+# Bump when data, vocabulary, architecture or schedule change: it names the cache directory.
+FAMILY_VERSION = 1
+MANIFEST = "family.json"
+BASE = "base"
+
+
+@dataclass(frozen=True)
+class ToyFamily:
+    """A built family on disk. Model directories load with `from_pretrained`."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def names(self) -> list[str]:
+        """`base` first, then the specialists (e.g. `math_en`, `lang_ja`)."""
+        return list(self.manifest["models"])
+
+    def path(self, name: str) -> Path:
+        if name not in self.manifest["models"]:
+            raise ConfigError(f"toy family has no model {name!r}; it has {self.names}")
+        return self.root / name
+
+    @property
+    def base(self) -> Path:
+        return self.path(BASE)
+
+    @property
+    def specialists(self) -> dict[str, Path]:
+        return {n: self.root / n for n in self.names if n != BASE}
+
+    @property
+    def probe_scores(self) -> dict[str, dict[str, float]]:
+        """model -> task -> accuracy on the test split, measured when the family was built."""
+        return {n: m["scores"] for n, m in self.manifest["models"].items()}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("EVOMERGE_CACHE") or Path.home() / ".cache" / "evomerge")
+
+
+def family_dirname(size: str) -> str:
+    return f"toy-v{FAMILY_VERSION}-{size}"
+
+
+def load_family(root: Path) -> ToyFamily:
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise ConfigError(f"{root} is not a toy family: {MANIFEST} is missing")
+    return ToyFamily(root, json.loads(manifest_path.read_text()))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Run with `threads` torch threads (default: every core), then restore the old count."""
+    n = threads or os.cpu_count() or 1
+    if n < 1:
+        raise ConfigError(f"threads must be >= 1, got {n}")
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(old)
+
+
+def probe_scores(model: LlamaForCausalLM, cfg: FamilyConfig) -> dict[str, float]:
+    tasks = ["toy_mgsm_ja", *dict.fromkeys(s.probe for s in cfg.specialists)]
+    return {t: score(model, task_examples(t)).acc for t in tasks}
+
+
+def _save(model: LlamaForCausalLM, path: Path) -> None:
+    model.save_pretrained(path, safe_serialization=True)
+    make_tokenizer().save_pretrained(path)
+
+
+def _train_all(cfg: FamilyConfig, out: Path, progress: bool) -> dict[str, Any]:
+    models: dict[str, Any] = {}
+    with tqdm(total=cfg.total_steps, disable=not progress, unit="step") as bar:
+
+        def tick(loss: float) -> None:
+            bar.set_postfix(loss=f"{loss:.3f}")
+            bar.update()
+
+        bar.set_description(BASE)
+        model = make_model(cfg)
+        train(model, BASE_MIX, steps=cfg.base_steps, lr=cfg.base_lr, cfg=cfg, seed=1, on_step=tick)
+        base_state = {k: v.clone() for k, v in model.state_dict().items()}
+        _save(model, out / BASE)
+        models[BASE] = {"scores": probe_scores(model, cfg)}
+        for spec in cfg.specialists:
+            bar.set_description(spec.name)
+            model.load_state_dict(base_state)
+            mix = with_replay(spec.mix, cfg.replay)
+            train(
+                model,
+                mix,
+                steps=cfg.finetune_steps,
+                lr=cfg.finetune_lr,
+                cfg=cfg,
+                seed=spec.seed,
+                on_step=tick,
+            )
+            _save(model, out / spec.name)
+            models[spec.name] = {"scores": probe_scores(model, cfg), "probe": spec.probe}
+    return models
+
+
+def build_family(
+    out_dir: Path | str,
+    size: str = "full",
+    *,
+    threads: int | None = None,
+    progress: bool = False,
+) -> ToyFamily:
+    """Train the family of `size` ("full" or "small") into `out_dir`, which must not exist.
+
+    Deterministic: the same size, seed and thread count give the same bytes.
+    """
+    out = Path(out_dir)
+    if out.exists():
+        raise ConfigError(f"{out} already exists; remove it or choose another --out")
+    cfg = family_config(size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        start = time.perf_counter()
+        with torch_threads(threads) as n:
+            models = _train_all(cfg, tmp, progress)
+        manifest = {
+            "version": FAMILY_VERSION,
+            "size": size,
+            "threads": n,
+            "build_seconds": round(time.perf_counter() - start, 1),
+            "config": asdict(cfg),
+            "models": models,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str) + "\n")
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_family(out)
+
+
+def ensure_family(
+    size: str = "full", cache_dir: Path | str | None = None, threads: int | None = None
+) -> ToyFamily:
+    """The cached family of `size`, built on first use (minutes for "full").
+
+    Cache: `cache_dir`, else `$EVOMERGE_CACHE`, else `~/.cache/evomerge`; the family lives in
+    `toy-v{FAMILY_VERSION}-{size}/` there.
+    """
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = root / family_dirname(size)
+    if (target / MANIFEST).is_file():
+        return load_family(target)
+    try:
+        return build_family(target, size, threads=threads, progress=True)
+    except ConfigError:
+        # another process finished the same build first
+        if (target / MANIFEST).is_file():
+            return load_family(target)
+        raise

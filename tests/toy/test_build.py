@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from evomerge.errors import ConfigError
+from evomerge.toy import ToyFamily, build, build_family, ensure_family, load_family
+from evomerge.toy.cli import main as toy_main
+from evomerge.toy.probe import score
+from evomerge.toy.tasks import task_examples
+
+
+def test_family_layout_and_names(small_family: ToyFamily) -> None:
+    assert small_family.names == ["base", "math_en", "lang_ja"]
+    assert small_family.root.name == "toy-v1-small"
+    for name in small_family.names:
+        d = small_family.path(name)
+        for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+            assert (d / f).is_file(), f"{name}/{f}"
+    assert set(small_family.specialists) == {"math_en", "lang_ja"}
+
+
+def test_models_load_offline_and_reproduce_their_probe_scores(small_family: ToyFamily) -> None:
+    path = small_family.path("lang_ja")
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    AutoTokenizer.from_pretrained(path, local_files_only=True)
+    got = score(model, task_examples("toy_lang_ja")).acc
+    assert got == small_family.probe_scores["lang_ja"]["toy_lang_ja"]
+
+
+def test_same_seed_gives_the_same_bytes(small_family: ToyFamily, tmp_path: Path) -> None:
+    again = build_family(tmp_path / "again", "small", threads=1)
+    for name in small_family.names:
+        a = (small_family.path(name) / "model.safetensors").read_bytes()
+        b = (again.path(name) / "model.safetensors").read_bytes()
+        assert a == b, name
+
+
+def test_specialists_differ_from_the_base(small_family: ToyFamily) -> None:
+    base = load_file(small_family.base / "model.safetensors")
+    for name, path in small_family.specialists.items():
+        spec = load_file(path / "model.safetensors")
+        assert any(not spec[k].equal(base[k]) for k in base), name
+
+
+def test_ensure_family_reuses_the_cache(small_family: ToyFamily) -> None:
+    again = ensure_family("small", cache_dir=small_family.root.parent)
+    assert again.root == small_family.root
+    assert again.manifest == small_family.manifest
+
+
+def test_crashed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(build, "_train_all", crash)
+    with pytest.raises(RuntimeError):
+        ensure_family("small", cache_dir=tmp_path, threads=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_errors_name_the_bad_value(tmp_path: Path, small_family: ToyFamily) -> None:
+    with pytest.raises(ConfigError, match=r"size must be one of \['full', 'small'\], got 'tiny'"):
+        build_family(tmp_path / "x", "tiny")
+    with pytest.raises(ConfigError, match="already exists"):
+        build_family(small_family.root, "small")
+    with pytest.raises(ConfigError, match="has no model 'math_fr'"):
+        small_family.path("math_fr")
+    with pytest.raises(ConfigError, match=r"family\.json is missing"):
+        load_family(tmp_path)
+
+
+def test_cli_prints_a_summary(small_family: ToyFamily, capsys: pytest.CaptureFixture[str]) -> None:
+    monkey_env = {"EVOMERGE_CACHE": str(small_family.root.parent)}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in monkey_env.items():
+            mp.setenv(k, v)
+        assert toy_main(["--size", "small", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "toy_mgsm_ja" in out and "lang_ja" in out and str(small_family.root) in out
