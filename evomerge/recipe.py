@@ -124,7 +124,10 @@ def load_recipe(source: str | Path) -> Recipe:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise RecipeError(f"{where}: malformed YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"{where}: malformed YAML{at}: {problem}") from None
     if not isinstance(data, Mapping):
         raise RecipeError(f"{where}: a recipe must be a YAML mapping, got {type(data).__name__}")
     return parse_recipe(data)

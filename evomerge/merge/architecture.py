@@ -51,7 +51,7 @@ class ModelLayout:
     config: Mapping[str, Any]
     tensors: Mapping[str, TensorInfo]
     num_layers: int
-    layer_suffixes: tuple[str, ...]  # of layer 0, in checkpoint order
+    layer_suffixes: tuple[str, ...]  # of any layer, in checkpoint order
     global_tensors: tuple[str, ...]  # non-layer tensors, pre (embeddings) first
 
     @property
@@ -108,7 +108,8 @@ def describe_model(ref: str, config: Mapping[str, Any], reader: CheckpointReader
         config=config,
         tensors=tensors,
         num_layers=num_layers,
-        layer_suffixes=tuple(layers[0]),
+        # A tensor missing from some layer is reported by the planner, naming it.
+        layer_suffixes=tuple(dict.fromkeys(x for i in sorted(layers) for x in layers[i])),
         global_tensors=tuple(pre + post),
     )
 
@@ -119,11 +120,6 @@ def _check_layers(ref: str, layers: Mapping[int, list[str]], num_layers: int) ->
             f"model {ref!r}: config.json says {num_layers} layers but the checkpoint has "
             f"tensors for layers {sorted(layers)}"
         )
-    expected = set(layers[0])
-    for index, suffixes in layers.items():
-        if set(suffixes) != expected:
-            odd = sorted(set(suffixes) ^ expected)
-            raise MergeError(f"model {ref!r}: layer {index} differs from layer 0 in {odd}")
 
 
 def check_compatible(layouts: Sequence[ModelLayout]) -> None:
