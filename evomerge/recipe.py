@@ -9,7 +9,9 @@ forms, as in mergekit:
 - a list of `{filter, value}` conditions; the first whose filter is a substring of the tensor
   name (or is missing / `*`) applies.
 
-Extensions are additive keys that mergekit ignores: `random_seed` (DARE's drop masks).
+Extensions are additive keys that mergekit ignores: `random_seed` (DARE's drop masks) and a
+slice's `input_scale` (data-flow merges: the hidden state entering the slice is multiplied by it;
+passthrough folds it into the weights, see merge/plan.py).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class SliceSpec:
     sources: tuple[SourceSpec, ...]
     parameters: Parameters = field(default_factory=dict)
     base_model: str | None = None
+    input_scale: float | None = None  # extension: scales the hidden state entering the slice
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,11 @@ def parse_recipe(data: Mapping[str, Any]) -> Recipe:
     _check_keys(data, _TOP_KEYS + _IGNORED_TOP_KEYS, "")
     method_name = _require_str(data, "merge_method", "")
     method = get_method(method_name, path="merge_method")
+    if data.get("tokenizer_source") == "union":
+        raise RecipeError(
+            "tokenizer_source: 'union' (vocabulary merging) is not supported; "
+            "use 'base' or a model whose tokenizer every source shares"
+        )
     has_models, has_slices = bool(data.get("models")), bool(data.get("slices"))
     if has_models == has_slices:
         raise RecipeError("recipe: give exactly one of `models` or `slices` (a non-empty list)")
@@ -235,7 +243,7 @@ def _parse_model(value: Any, path: str) -> ModelSpec:
 
 def _parse_slice(value: Any, path: str) -> SliceSpec:
     data = _mapping(value, path)
-    _check_keys(data, ("sources", "parameters", "base_model"), path)
+    _check_keys(data, ("sources", "parameters", "base_model", "input_scale"), path)
     sources = data.get("sources")
     if not isinstance(sources, list) or not sources:
         raise RecipeError(f"{path}.sources: must be a non-empty list, got {sources!r}")
@@ -243,7 +251,17 @@ def _parse_slice(value: Any, path: str) -> SliceSpec:
         sources=tuple(_parse_source(s, f"{path}.sources[{i}]") for i, s in enumerate(sources)),
         parameters=_parse_parameters(data.get("parameters"), f"{path}.parameters"),
         base_model=_optional_str(data, "base_model", path),
+        input_scale=_optional_scale(data.get("input_scale"), f"{path}.input_scale"),
     )
+
+
+def _optional_scale(value: Any, path: str) -> float | None:
+    if value is None:
+        return None
+    value = _parse_scalar(value, path)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise RecipeError(f"{path}: must be a positive number, got {value!r}")
+    return float(value)
 
 
 def _parse_source(value: Any, path: str) -> SourceSpec:
@@ -344,6 +362,8 @@ def _slice_to_dict(s: SliceSpec) -> dict[str, Any]:
     out: dict[str, Any] = {"sources": sources}
     if s.base_model is not None:
         out["base_model"] = s.base_model
+    if s.input_scale is not None:
+        out["input_scale"] = s.input_scale
     return _with_parameters(out, s.parameters)
 
 

@@ -7,12 +7,18 @@ one-layer segment) and 0 for the global tensors (embeddings, final norm, head), 
 inputs from the first segment (embeddings) or the last one (the rest). Parameter precedence:
 the source's own parameters, then the slice's, then the recipe's; per-model filters match the
 input tensor's name, global ones the output tensor's name.
+
+Data-flow scales (a slice's `input_scale`, passthrough only) are folded into the weights: with
+pre-norm (RMSNorm) layers, multiplying the residual stream by c before a layer equals dividing
+the residual writers (`o_proj`, `down_proj`) of that layer and of every later one by c, up to
+the norms' epsilon; the final norm removes the overall factor. So the output layer at position
+p gets its writers' `scale` divided by C_p, the product of every `input_scale` up to p.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -21,6 +27,9 @@ from evomerge.errors import MergeError, RecipeError
 from evomerge.merge.architecture import ModelLayout, layer_tensor
 from evomerge.merge.methods import REQUIRED, Method, Param, get_method
 from evomerge.recipe import Parameters, Recipe, resolve_value
+
+# Layer tensors that write into the residual stream (Llama family): data-flow scales fold here.
+RESIDUAL_WRITERS = ("self_attn.o_proj.", "mlp.down_proj.")
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,7 @@ class _Segment:
     inputs: tuple[_Input, ...]  # non-base first, base last when the method has one
     length: int
     parameters: Parameters  # slice-level
+    input_scale: float = 1.0  # data-flow scale of the hidden state entering the segment
 
 
 def plan_merge(recipe: Recipe, layouts: Mapping[str, ModelLayout]) -> MergePlan:
@@ -77,14 +87,19 @@ def plan_merge(recipe: Recipe, layouts: Mapping[str, ModelLayout]) -> MergePlan:
     post = [n for n in globals_ if "embed" not in n]
     jobs = [_job(recipe, method, layouts, segments[0], n, n, None, 0.0) for n in pre]
     layer_sources: list[tuple[str, int]] = []
+    residual_scale = 1.0  # C_p: product of the data-flow scales so far
     for seg in segments:
         first = seg.inputs[0]
+        residual_scale *= seg.input_scale
         for offset in range(seg.length):
             t = offset / (seg.length - 1) if seg.length > 1 else 1.0
             out_layer = len(layer_sources)
             for suffix in layouts[first.model].layer_suffixes:
                 out_name = layer_tensor(out_layer, suffix)
-                jobs.append(_job(recipe, method, layouts, seg, out_name, suffix, offset, t))
+                job = _job(recipe, method, layouts, seg, out_name, suffix, offset, t)
+                if residual_scale != 1.0 and suffix.startswith(RESIDUAL_WRITERS):
+                    job = _fold_scale(job, residual_scale)
+                jobs.append(job)
             layer_sources.append((first.model, first.layer_start + offset))
     jobs += [_job(recipe, method, layouts, segments[-1], n, n, None, 0.0) for n in post]
     return MergePlan(recipe, method, tuple(jobs), reference, tuple(layer_sources))
@@ -114,8 +129,17 @@ def _segments(recipe: Recipe, method: Method, layouts: Mapping[str, ModelLayout]
         ]
         inputs += [_Input(x.model, x.layer_range[0], {}) for x in s.sources if x.model == base][:1]
         length = s.sources[0].layer_range[1] - s.sources[0].layer_range[0]
-        segments.append(_Segment(f"slices[{i}]", tuple(inputs), length, s.parameters))
+        scale = 1.0 if s.input_scale is None else s.input_scale
+        segments.append(_Segment(f"slices[{i}]", tuple(inputs), length, s.parameters, scale))
     return segments
+
+
+def _fold_scale(job: TensorJob, residual_scale: float) -> TensorJob:
+    """Divide a residual writer's passthrough `scale` by the data-flow product C_p."""
+    scales = tuple(
+        (1.0 if v is None else float(v)) / residual_scale for v in job.per_model["scale"]
+    )
+    return replace(job, per_model={**job.per_model, "scale": scales})
 
 
 def _check_range(layer_range: tuple[int, int], layout: ModelLayout, path: str) -> None:

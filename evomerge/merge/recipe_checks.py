@@ -109,6 +109,11 @@ def _check_models_form(method: Method, recipe: Recipe) -> None:
 def _check_slice(method: Method, recipe: Recipe, index: int) -> None:
     s = recipe.slices[index]
     path = f"slices[{index}]"
+    if s.input_scale is not None and method.name != "passthrough":
+        raise RecipeError(
+            f"{path}.input_scale: only passthrough can fold a data-flow scale into weights, "
+            f"got merge_method {method.name!r}"
+        )
     lengths = {src.layer_range[1] - src.layer_range[0] for src in s.sources}
     if len(lengths) > 1:
         ranges = [list(src.layer_range) for src in s.sources]
