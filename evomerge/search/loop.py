@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ import optuna
 import torch
 from tqdm import tqdm
 
-from evomerge.errors import EvomergeError, MergeError
+from evomerge.errors import EvomergeError, MergeError, RecipeError
 from evomerge.evaluate import CandidateFailed, load_tasks, make_backend
 from evomerge.genome import GenomeSpace
 from evomerge.merge import MergeOptions, SourceCache
@@ -28,7 +29,13 @@ from evomerge.recipe import Recipe, dump_recipe
 from evomerge.search.config import SearchConfig
 from evomerge.search.scorer import CandidateScorer
 from evomerge.search.space import build_space
-from evomerge.search.study import FAILURE, best_trial, open_study, trials_done
+from evomerge.search.study import (
+    FAILURE,
+    best_trial,
+    fail_abandoned_trials,
+    open_study,
+    trials_done,
+)
 
 
 class CandidateError(EvomergeError):
@@ -47,7 +54,9 @@ class StopFlag:
             if self.requested:
                 raise KeyboardInterrupt
             self.requested = True
-            tqdm.write("stopping after the current candidate (Ctrl-C again to stop now)")
+            tqdm.write(
+                "stopping after the current candidate (Ctrl-C again to stop now)", file=sys.stderr
+            )
 
         previous = signal.signal(signal.SIGINT, handler)
         try:
@@ -83,6 +92,7 @@ def run_search(cfg: SearchConfig, *, progress: bool = True) -> dict[str, Any]:
         ) as bar,
     ):
         while trials_done(study) < budget and not stop.requested:
+            fail_abandoned_trials(study, grace_s=2 * cfg.heartbeat_s)
             study.optimize(
                 lambda trial: objective(trial, space, scorer, worker),
                 n_trials=1,
@@ -96,7 +106,11 @@ def objective(
     trial: optuna.Trial, space: GenomeSpace, scorer: CandidateScorer, worker: str
 ) -> float:
     x = np.array([trial.suggest_float(name, 0.0, 1.0) for name in space.names])
-    recipe = space.decode(x)
+    try:
+        recipe = space.decode(x)
+    except RecipeError as e:  # a genome that is no model, e.g. a data-flow path with no layer
+        trial.set_user_attr(FAILURE, f"genome: {e}")
+        raise CandidateError(f"trial {trial.number}: genome: {e}") from e
     trial.set_user_attr("recipe_sha256", recipe_hash(recipe))
     trial.set_user_attr("worker", worker)
     try:

@@ -1,12 +1,23 @@
-"""Score one candidate recipe: merge into the live model -> swap -> evaluate -> fitness."""
+"""Score one candidate recipe: merge into the live model -> swap -> evaluate -> fitness.
+
+A data-flow candidate (a passthrough recipe of slices, see merge/path.py) is not merged: the
+backend evaluates a path model whose layer list references the source layers, loaded once per
+search; each candidate only swaps that list.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
+from torch import nn
+
+from evomerge.errors import MergeError
 from evomerge.evaluate import Backend, Objective, Results, TaskSet, evaluate, fitness
+from evomerge.evaluate.backends import load_hf_model
 from evomerge.merge import MergeOptions, SourceCache, merge_into_model
+from evomerge.merge.path import PathModel, PathStep, recipe_path
 from evomerge.recipe import Recipe
 
 
@@ -36,14 +47,49 @@ class CandidateScorer:
         self.objective = objective
         self.cache = cache
         self.options = options
+        self._paths: PathModel | None = None
+        self._own_model: nn.Module | None = None  # the backend's model while a path runs
 
     def load(self, recipe: Recipe) -> tuple[float, float]:
         """Write the candidate into the live model; returns (merge seconds, swap seconds)."""
+        steps = recipe_path(recipe)
+        if steps is not None:
+            return self._load_path(steps)
+        if self._own_model is not None:
+            self._set_model(self._own_model)
+            self._own_model = None
         t0 = time.perf_counter()
         merge_into_model(recipe, self.backend.target, self.options, self.cache)
         t1 = time.perf_counter()
         self.backend.commit_weights()
         return t1 - t0, time.perf_counter() - t1
+
+    def _load_path(self, steps: tuple[PathStep, ...]) -> tuple[float, float]:
+        """Point the path model at `steps` (sources load on first use); returns (path seconds,
+        swap seconds). The backend's own model serves as the source it was loaded from."""
+        t0 = time.perf_counter()
+        if self._paths is None:
+            own = self.backend.target
+            settings = self.backend.settings
+            self._paths = PathModel(
+                lambda ref: load_hf_model(ref, settings)[0],
+                preloaded={str(getattr(getattr(own, "config", None), "name_or_path", "")): own},
+            )
+        self._paths.set_path(steps)
+        t1 = time.perf_counter()
+        if self.backend.target is not self._paths.model:
+            self._own_model = self._own_model or self.backend.target
+            self._set_model(self._paths.model)
+        return t1 - t0, time.perf_counter() - t1
+
+    def _set_model(self, model: nn.Module) -> None:
+        set_model: Any = getattr(self.backend, "set_model", None)
+        if set_model is None:
+            raise MergeError(
+                "data-flow candidates run as a layer path over the source models, which needs "
+                "evaluator.backend=hf"
+            )
+        set_model(model)
 
     def score(self, recipe: Recipe) -> Scored:
         merge_s, swap_s = self.load(recipe)

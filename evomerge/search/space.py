@@ -23,6 +23,15 @@ def resolve_reference(ref: str, toy_size: str) -> str:
 
 def num_layers_of(model: str) -> int:
     """`num_hidden_layers` from a local directory's config.json or a Hub model's config."""
+    config = model_config(model)
+    n = config.get("num_hidden_layers") or config.get("text_config", {}).get("num_hidden_layers")
+    if not isinstance(n, int):
+        raise ConfigError(f"models: {model!r} has no num_hidden_layers in its config")
+    return n
+
+
+def model_config(model: str) -> dict[str, Any]:
+    """A local directory's config.json, or a Hub model's config."""
     path = Path(model) / "config.json"
     if path.is_file():
         config: dict[str, Any] = json.loads(path.read_text())
@@ -33,10 +42,7 @@ def num_layers_of(model: str) -> int:
             config = AutoConfig.from_pretrained(model).to_dict()
         except OSError as e:
             raise ConfigError(f"models: cannot read the config of {model!r}: {e}") from e
-    n = config.get("num_hidden_layers") or config.get("text_config", {}).get("num_hidden_layers")
-    if not isinstance(n, int):
-        raise ConfigError(f"models: {model!r} has no num_hidden_layers in its config")
-    return n
+    return config
 
 
 def build_space(cfg: SearchConfig) -> GenomeSpace:
@@ -46,8 +52,12 @@ def build_space(cfg: SearchConfig) -> GenomeSpace:
     s = dict(cfg.space)
     kind = s.pop("kind", "ps")
     s.pop("name", None)
+    if kind in ("dfs", "ps_dfs"):
+        from evomerge.search.dfs_space import build_dfs_space
+
+        return build_dfs_space(cfg, kind, s)
     if kind != "ps":
-        raise ConfigError(f"space.kind: {kind!r} is not available; use space=ps")
+        raise ConfigError(f"space.kind: {kind!r} is not available; use space=ps, dfs or ps_dfs")
     known = set(PSSpace.__dataclass_fields__) - {
         "base_model",
         "models",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import warnings
 from typing import Any
 
 import optuna
@@ -22,15 +25,19 @@ def open_study(cfg: SearchConfig, space: GenomeSpace) -> optuna.Study:
     if cfg.storage_url.startswith("sqlite"):
         engine = {"connect_args": {"timeout": 120}}  # several local workers may write at once
     try:
-        storage = RDBStorage(
-            cfg.storage_url,
-            engine_kwargs=engine,
-            heartbeat_interval=cfg.heartbeat_s,
-            grace_period=2 * cfg.heartbeat_s,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                max_retry=cfg.max_retry
-            ),
-        )
+        with warnings.catch_warnings():
+            # Optuna marks the heartbeat options experimental; they are its documented way to
+            # fail and retry the trials of a dead worker.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = RDBStorage(
+                cfg.storage_url,
+                engine_kwargs=engine,
+                heartbeat_interval=cfg.heartbeat_s,
+                grace_period=2 * cfg.heartbeat_s,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                    max_retry=cfg.max_retry
+                ),
+            )
     except Exception as e:
         raise SearchError(f"storage: cannot open {cfg.storage_url!r}: {e}") from e
     study = optuna.create_study(
@@ -56,6 +63,28 @@ def open_study(cfg: SearchConfig, space: GenomeSpace) -> optuna.Study:
             f"(models, method or layer groups); choose a new run=NAME or delete {cfg.run_dir}"
         )
     return study
+
+
+def fail_abandoned_trials(study: optuna.Study, grace_s: float) -> int:
+    """Fail RUNNING trials that a dead worker left before it recorded any parameter.
+
+    Optuna's heartbeat covers a trial from its first heartbeat on; a worker killed between
+    creating the trial and that first beat leaves a RUNNING trial that no heartbeat check
+    ever fails. A live worker writes its parameters within milliseconds of creating a trial,
+    so an empty one older than the grace period is abandoned. It has no genome to retry.
+    """
+    now = datetime.datetime.now()
+    abandoned = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not t.params
+        and t.datetime_start is not None
+        and (now - t.datetime_start).total_seconds() > grace_s
+    ]
+    for t in abandoned:
+        with contextlib.suppress(RuntimeError, ValueError):  # another worker got there first
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+    return len(abandoned)
 
 
 def counted(trial: FrozenTrial) -> bool:

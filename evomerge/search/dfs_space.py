@@ -1,0 +1,101 @@
+"""The data-flow spaces of a run: `space=dfs` (a path through the source models) and
+`space=ps_dfs` (the PS search's result becomes the first DFS source, as in the paper).
+
+PS+DFS export: the PS recipe is materialized once into `<run_dir>/ps_model` (a plain checkpoint
+whose model card holds the recipe), and the DFS recipe reads that directory like any other model.
+So `python -m evomerge merge <run_dir>/best_recipe.yaml OUT` works as long as `ps_model` exists;
+rebuild it with `python -m evomerge merge PS_RECIPE <run_dir>/ps_model`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from evomerge.errors import ConfigError
+from evomerge.genome.dfs import DFSSpace
+from evomerge.merge import MergeOptions, merge_to_disk
+from evomerge.recipe import dump_recipe, load_recipe
+from evomerge.search.config import SearchConfig
+from evomerge.search.space import model_config, num_layers_of, resolve_reference
+
+DFS_KEYS = ("sources", "repeats", "scaling", "scale_range", "max_path_length")
+PS_MODEL = "ps"  # the PS result's name among the DFS sources
+
+
+def build_dfs_space(cfg: SearchConfig, kind: str, s: dict[str, Any]) -> DFSSpace:
+    """The DFS space over `space.sources` (names from models.sources; null: all), with the
+    materialized PS model first for ps_dfs."""
+    allowed = (*DFS_KEYS, "ps_recipe") if kind == "ps_dfs" else DFS_KEYS
+    unknown = sorted(set(s) - set(allowed))
+    if unknown:
+        raise ConfigError(f"space: unknown key(s) {unknown}; valid for {kind}: {sorted(allowed)}")
+    pairs = _sources(cfg, s.get("sources"))
+    if kind == "ps_dfs":
+        pairs.insert(0, (PS_MODEL, materialize_ps(cfg, s.get("ps_recipe"))))
+    limit = s.get("max_path_length")
+    return DFSSpace(
+        models=tuple(ref for _, ref in pairs),
+        model_names=tuple(name for name, _ in pairs),
+        num_layers=tuple(num_layers_of(ref) for _, ref in pairs),
+        repeats=int(s.get("repeats", 3)),
+        scaling=str(s.get("scaling", "full")),
+        scale_range=_pair(s.get("scale_range", (0.5, 2.0)), "space.scale_range"),
+        max_path_length=None if limit is None else int(limit),
+        hidden_sizes=tuple(int(model_config(ref).get("hidden_size", 0)) for _, ref in pairs),
+        dtype=cfg.models.dtype,
+    )
+
+
+def _sources(cfg: SearchConfig, names: Any) -> list[tuple[str, str]]:
+    m = cfg.models
+    by_name = dict(m.sources)
+    chosen = list(by_name) if names is None else [names] if isinstance(names, str) else names
+    missing = [n for n in chosen if n not in by_name]
+    if missing or not chosen:
+        raise ConfigError(
+            f"space.sources: {missing or 'an empty list'} not among models.sources {list(by_name)}"
+        )
+    if PS_MODEL in chosen:
+        raise ConfigError(f"space.sources: {PS_MODEL!r} names the PS result; rename that model")
+    return [(n, resolve_reference(by_name[n], m.toy_size)) for n in chosen]
+
+
+def _pair(value: Any, key: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: must be [low, high], got {value!r}") from None
+    return lo, hi
+
+
+def ps_recipe_file(cfg: SearchConfig, value: Any) -> Path:
+    """`space.ps_recipe`: a recipe YAML, or the run name of a finished PS search."""
+    if not value:
+        raise ConfigError(
+            "space.ps_recipe: give the PS result, a best_recipe.yaml or the run name of a "
+            "finished PS search, e.g. space.ps_recipe=toy_mgsm_ja-ps-cmaes"
+        )
+    path = Path(str(value))
+    if path.suffix not in (".yaml", ".yml"):
+        path = cfg.results_dir / str(value) / "best_recipe.yaml"
+    if not path.is_file():
+        raise ConfigError(f"space.ps_recipe: {path} does not exist; run the PS search first")
+    return path
+
+
+def materialize_ps(cfg: SearchConfig, value: Any) -> str:
+    """Merge the PS recipe into `<run_dir>/ps_model` once; a resumed run reuses it when its model
+    card holds the same recipe, and refuses a different one."""
+    recipe = load_recipe(ps_recipe_file(cfg, value))
+    out = (cfg.run_dir / "ps_model").resolve()
+    if out.exists():
+        card = out / "README.md"
+        if not card.is_file() or dump_recipe(recipe) not in card.read_text(encoding="utf-8"):
+            raise ConfigError(
+                f"space.ps_recipe: {out} was merged from a different PS recipe; "
+                f"choose a new run=NAME or delete {out}"
+            )
+        return str(out)
+    merge_to_disk(recipe, out, MergeOptions(progress=False))
+    return str(out)

@@ -1,0 +1,209 @@
+"""The search end to end on the small toy family: outputs, resume, kill -9, failures, Ctrl-C."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from evomerge.config import compose
+from evomerge.errors import ConfigError, SearchError
+from evomerge.evaluate import EvalSettings, evaluate, fitness, load_tasks, make_backend
+from evomerge.merge import merge_to_disk
+from evomerge.recipe import load_recipe
+from evomerge.search.config import search_config
+from evomerge.search.loop import run_search
+from evomerge.search.space import build_space
+from evomerge.search.study import fail_abandoned_trials
+
+FAST = [
+    "models.toy_size=small",
+    "optimizer.population_size=4",
+    "evaluator.limit=40",
+    "evaluator.batch_size=40",
+    "threads=1",
+    "heartbeat_s=1",
+]
+
+
+def config(tmp_path: Path, *overrides: str):
+    return search_config(compose("search", [*FAST, f"results_dir={tmp_path}", *overrides]))
+
+
+def load_study(cfg) -> optuna.Study:
+    return optuna.load_study(study_name=cfg.run, storage=cfg.storage_url)
+
+
+def test_search_records_trials_and_exports_a_plain_recipe(toy_cache, tmp_path):
+    cfg = config(tmp_path, "run=r", "optimizer.n_trials=6")
+    summary = run_search(cfg, progress=False)
+    study = load_study(cfg)
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert summary["trials"] == len(trials) == 6
+    space = build_space(cfg)
+    np.testing.assert_allclose([trials[0].params[n] for n in space.names], space.x0())
+    for t in trials:
+        assert {"metrics", "merge_s", "swap_s", "eval_s", "recipe_sha256"} <= set(t.user_attrs)
+        assert t.value == t.user_attrs["metrics"]["toy_mgsm_ja_fit"]["acc"]
+    best = max(trials, key=lambda t: (t.value, -t.number))
+    assert summary["best_trial"] == best.number
+    assert set(summary["test_metrics"]) == {"toy_mgsm_ja"}
+    # best_recipe.yaml is a plain recipe: merged on disk and scored fresh, it scores the same
+    recipe = load_recipe(cfg.run_dir / "best_recipe.yaml")
+    out = merge_to_disk(recipe, tmp_path / "merged")
+    settings = EvalSettings(limit=40, batch_size=40)
+    tasks = load_tasks(["toy_mgsm_ja_fit"], settings)
+    fresh = evaluate(make_backend(out, settings), tasks).results
+    assert fitness(fresh, cfg.task.objective) == best.value
+    assert (cfg.run_dir / "summary.json").is_file()
+
+
+def test_rerunning_the_command_resumes_without_repeating(toy_cache, tmp_path):
+    first = config(tmp_path, "run=r", "optimizer.n_trials=4")
+    run_search(first, progress=False)
+    before = [(t.number, t.params, t.value) for t in load_study(first).trials]
+    run_search(config(tmp_path, "run=r", "optimizer.n_trials=8"), progress=False)
+    after = load_study(first).trials
+    assert [(t.number, t.params, t.value) for t in after[:4]] == before
+    assert len(after) == 8 and all(t.state == TrialState.COMPLETE for t in after)
+    assert len({tuple(t.params.values()) for t in after}) == 8
+
+
+def test_a_different_space_cannot_resume_the_run(toy_cache, tmp_path):
+    run_search(config(tmp_path, "run=r", "optimizer.n_trials=1"), progress=False)
+    with pytest.raises(SearchError, match="different search space"):
+        run_search(config(tmp_path, "run=r", "space.layers_per_group=2"), progress=False)
+
+
+def test_failed_candidates_are_recorded_and_the_search_goes_on(toy_cache, tmp_path):
+    cfg = config(tmp_path, "run=r", "optimizer.n_trials=3", "evaluator.timeout_s=0.000001")
+    summary = run_search(cfg, progress=False)
+    trials = load_study(cfg).trials
+    assert len(trials) == 3 and summary["trials"] == 3
+    assert all(t.state == TrialState.FAIL for t in trials)
+    assert all(t.user_attrs["failure_reason"].startswith("timeout") for t in trials)
+    assert "best_trial" not in summary
+
+
+def search_process(tmp_path: Path, *overrides: str) -> subprocess.Popen:
+    args = [*FAST, f"results_dir={tmp_path}", "run=r", *overrides]
+    return subprocess.Popen(
+        [sys.executable, "-m", "evomerge", "search", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def states(db: Path) -> list[str]:
+    if not db.is_file():
+        return []
+    with sqlite3.connect(db) as con:
+        try:
+            return [s for (s,) in con.execute("select state from trials order by number")]
+        except sqlite3.OperationalError:  # tables not created yet
+            return []
+
+
+def running_with_params(db: Path) -> bool:
+    with sqlite3.connect(db, timeout=0.1) as con:
+        try:
+            row = con.execute(
+                "select t.state, count(p.param_id) from trials t left join trial_params p "
+                "on p.trial_id = t.trial_id group by t.trial_id order by t.number desc limit 1"
+            ).fetchone()
+        except sqlite3.OperationalError:  # frozen while holding the write lock
+            return False
+    return row is not None and row[0] == "RUNNING" and row[1] > 0
+
+
+def wait_for(predicate, timeout=120.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def test_kill_9_loses_no_completed_trial_and_retries_the_running_one(toy_cache, tmp_path):
+    cfg = config(tmp_path, "run=r", "optimizer.n_trials=10")
+    db = cfg.run_dir / "study.db"
+    proc = search_process(tmp_path, "optimizer.n_trials=10")
+    wait_for(lambda: states(db).count("COMPLETE") >= 3)
+    while True:  # freeze the worker in the middle of a candidate, then kill it
+        proc.send_signal(signal.SIGSTOP)
+        if running_with_params(db):
+            break
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    completed = [
+        (t.number, t.params, t.value)
+        for t in load_study(cfg).trials
+        if t.state == TrialState.COMPLETE
+    ]
+    killed = next(t for t in load_study(cfg).trials if t.state == TrialState.RUNNING)
+    time.sleep(2.5)  # past the heartbeat's grace period (2 x heartbeat_s)
+    run_search(cfg, progress=False)
+    trials = load_study(cfg).trials
+    assert [
+        (t.number, t.params, t.value)
+        for t in trials
+        if t.number < killed.number and t.state == TrialState.COMPLETE
+    ] == completed
+    assert trials[killed.number].state == TrialState.FAIL
+    retried = [t for t in trials if t.number > killed.number and t.params == killed.params]
+    assert retried and retried[0].state == TrialState.COMPLETE
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 10
+
+
+def test_ctrl_c_stops_cleanly_after_the_current_candidate(toy_cache, tmp_path):
+    cfg = config(tmp_path, "run=r", "optimizer.n_trials=200")
+    db = cfg.run_dir / "study.db"
+    proc = search_process(tmp_path, "optimizer.n_trials=200")
+    wait_for(lambda: states(db).count("COMPLETE") >= 2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopping after the current candidate" in err
+    final = states(db)
+    assert "RUNNING" not in final and "FAIL" not in final
+    assert 2 <= final.count("COMPLETE") < 200
+    assert (cfg.run_dir / "best_recipe.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["run=../x"], "run: must be a plain directory name"),
+        (["+optimizer.popsize=3"], r"optimizer: unknown key\(s\) \['popsize'\]"),
+        (["optimizer.n_trials=0"], "optimizer.n_trials: must be >= 1"),
+        (["optimizer=nope"], "Could not find 'optimizer/nope'"),
+        (["space.method=slerp"], "space.method: 'slerp' is not searchable"),
+    ],
+)
+def test_bad_configuration_is_reported_with_its_key(toy_cache, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        cfg = config(tmp_path, *overrides)
+        build_space(cfg)
+
+
+def test_trials_abandoned_before_their_first_parameter_are_failed(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    study.ask()  # a worker that died right after creating its trial
+    done = study.ask()
+    done.suggest_float("x", 0, 1)  # a live worker's trial has parameters
+    time.sleep(0.01)
+    assert fail_abandoned_trials(study, grace_s=0.0) == 1
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING]
+    assert fail_abandoned_trials(study, grace_s=3600.0) == 0
