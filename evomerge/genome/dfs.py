@@ -185,7 +185,7 @@ def decode(space: DFSSpace, x: Sequence[float] | np.ndarray) -> Recipe:
     t_count = space.num_slots
     used = [t for t in range(t_count) if v[t] > 0.5][: space.max_path_length]
     if not used:
-        raise RecipeError("genome: empty path: no slot indicator is above 0.5")
+        raise RecipeError("empty path: no slot indicator is above 0.5, so no layer runs")
     units = dict(zip(space.scale_keys, v[t_count:].tolist(), strict=True))
     layout, m_count = space.layout, len(space.layout)
     slices = []
