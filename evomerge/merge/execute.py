@@ -62,7 +62,8 @@ def merge_to_disk(recipe: Recipe, out_dir: str | Path, options: MergeOptions | N
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        writer = ShardedWriter(tmp, options.shard_size)
+        layout = [(job.name, job.shape, _output_dtype(plan, job, options)) for job in plan.jobs]
+        writer = ShardedWriter(tmp, options.shard_size, layout)
         for name, tensor in _merged_tensors(plan, cache, device, options):
             writer.add(name, tensor)
         writer.finish()
@@ -130,22 +131,26 @@ def _out_dtype_name(plan: MergePlan, options: MergeOptions) -> str | None:
     return options.out_dtype or plan.recipe.out_dtype or plan.recipe.dtype
 
 
+def _output_dtype(plan: MergePlan, job: TensorJob, options: MergeOptions) -> torch.dtype:
+    """Floats: out_dtype, else the recipe's dtype, else the inputs' dtype; others are kept."""
+    name = _out_dtype_name(plan, options)
+    return DTYPES[name] if name and job.dtype.is_floating_point else job.dtype
+
+
 def _merged_tensors(
     plan: MergePlan, cache: SourceCache, device: torch.device, options: MergeOptions
 ) -> Iterator[tuple[str, torch.Tensor]]:
     recipe = plan.recipe
     seed = options.random_seed if options.random_seed is not None else recipe.random_seed or 0
     in_dtype = DTYPES[recipe.dtype] if recipe.dtype else None
-    out_name = _out_dtype_name(plan, options)
-    out_dtype = DTYPES[out_name] if out_name else None
+
+    def fetch(model: str, name: str) -> torch.Tensor:
+        return cache.tensor(model, name, device)
+
     jobs = tqdm(plan.jobs, desc="merging", unit="tensor", disable=not options.progress)
     for job in jobs:
-
-        def fetch(model: str, name: str) -> torch.Tensor:
-            return cache.tensor(model, name, device)
-
         result = run_job(plan, job, fetch, seed=seed, in_dtype=in_dtype)
-        yield job.name, result.to(out_dtype or in_dtype or job.dtype)
+        yield job.name, result.to(_output_dtype(plan, job, options))
 
 
 def run_job(

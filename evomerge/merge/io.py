@@ -9,15 +9,14 @@ with allow_pickle, through torch.load(weights_only=True, mmap=True).
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import torch
-from safetensors.torch import save_file
 
 from evomerge.errors import MergeError
 
@@ -187,50 +186,117 @@ def _torch_load(file: Path) -> dict[str, torch.Tensor]:
 
 
 class ShardedWriter:
-    """Streams tensors into safetensors shards of at most `shard_size` bytes (one tensor may
-    exceed it alone), then names them model-0000k-of-0000n and writes the index."""
+    """Streams tensors straight into safetensors shards of at most `shard_size` bytes.
 
-    def __init__(self, directory: Path, shard_size: int):
+    The layout (name, shape, dtype of every tensor, in writing order) is known before the first
+    tensor exists, so shards are assigned up front, each shard's header is written when it is
+    opened, and every tensor goes to disk as it arrives: memory holds one tensor, whatever the
+    shard size. A tensor larger than `shard_size` gets a shard of its own.
+    """
+
+    def __init__(self, directory: Path, shard_size: int, layout: Sequence[TensorLayout]):
         if shard_size <= 0:
             raise MergeError(f"shard_size: must be positive, got {shard_size}")
         self.directory = directory
-        self.shard_size = shard_size
-        self._pending: dict[str, torch.Tensor] = {}
-        self._pending_bytes = 0
-        self._shards: list[list[str]] = []
-        self.total_size = 0
+        self._shards = _assign_shards(layout, shard_size)
+        n = len(self._shards)
+        self.file_names = (
+            ["model.safetensors"]
+            if n == 1
+            else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        )
+        self._order = [entry for shard in self._shards for entry in shard]
+        self._written = 0
+        self._file: BinaryIO | None = None
+        self.total_size = sum(_nbytes(e) for e in self._order)
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self._pending and self._pending_bytes + size > self.shard_size:
-            self._flush()
-        self._pending[name] = tensor.detach().to("cpu").contiguous()
-        self._pending_bytes += size
-        self.total_size += size
+        if self._written >= len(self._order):
+            raise MergeError(f"writer: tensor {name} is not in the output layout")
+        entry = self._order[self._written]
+        if (name, tuple(tensor.shape), tensor.dtype) != entry:
+            got = (name, tuple(tensor.shape), tensor.dtype)
+            raise MergeError(f"writer: expected tensor {entry}, got {got}")
+        shard = self._shard_of(self._written)
+        if self._shards[shard][0] is entry:
+            self._open(shard)
+        assert self._file is not None  # opened with the shard's first tensor, just above
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        self._file.write(data.numpy().data)
+        self._written += 1
 
-    def _flush(self) -> None:
-        path = self.directory / f"shard-{len(self._shards)}.tmp"
-        save_file(self._pending, str(path), metadata={"format": "pt"})
-        self._shards.append(list(self._pending))
-        self._pending, self._pending_bytes = {}, 0
+    def _shard_of(self, position: int) -> int:
+        for i, shard in enumerate(self._shards):
+            if position < len(shard):
+                return i
+            position -= len(shard)
+        raise IndexError(position)
+
+    def _open(self, shard: int) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file = open(self.directory / self.file_names[shard], "wb")  # noqa: SIM115
+        self._file.write(_header(self._shards[shard]))
 
     def finish(self) -> list[str]:
-        """Write the last shard, name the shards, write the index; returns the file names."""
-        if self._pending or not self._shards:
-            self._flush()
-        n = len(self._shards)
-        if n == 1:
-            names = ["model.safetensors"]
-        else:
-            names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-        for i, name in enumerate(names):
-            os.replace(self.directory / f"shard-{i}.tmp", self.directory / name)
-        if n > 1:
-            weight_map = {t: names[i] for i, shard in enumerate(self._shards) for t in shard}
+        """Close the last shard and write the index (when sharded); returns the file names."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._written != len(self._order):
+            missing = [e[0] for e in self._order[self._written :]]
+            raise MergeError(f"writer: {len(missing)} tensors never written, e.g. {missing[:3]}")
+        if len(self._shards) > 1:
+            weight_map = {
+                entry[0]: self.file_names[i]
+                for i, shard in enumerate(self._shards)
+                for entry in shard
+            }
             index = {"metadata": {"total_size": self.total_size}, "weight_map": weight_map}
             text = json.dumps(index, indent=2, sort_keys=True) + "\n"
             (self.directory / "model.safetensors.index.json").write_text(text)
-        return names
+        return list(self.file_names)
+
+
+TensorLayout = tuple[str, tuple[int, ...], torch.dtype]
+_DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+
+
+def _nbytes(entry: TensorLayout) -> int:
+    n = 1
+    for d in entry[1]:
+        n *= d
+    return n * entry[2].itemsize
+
+
+def _assign_shards(layout: Sequence[TensorLayout], shard_size: int) -> list[list[TensorLayout]]:
+    shards: list[list[TensorLayout]] = [[]]
+    size = 0
+    for entry in layout:
+        nbytes = _nbytes(entry)
+        if shards[-1] and size + nbytes > shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(entry)
+        size += nbytes
+    return shards
+
+
+def _header(entries: Sequence[TensorLayout]) -> bytes:
+    """The safetensors header (length-prefixed JSON, padded to 8 bytes) for tensors in order."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape, dtype in entries:
+        end = offset + _nbytes((name, shape, dtype))
+        header[name] = {
+            "dtype": _DTYPE_NAMES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, end],
+        }
+        offset = end
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
 
 
 def parse_size(text: str | int) -> int:

@@ -123,29 +123,28 @@ def _task_arithmetic(
     if base is None:
         raise ValueError("task arithmetic needs a base tensor")  # the planner guarantees one
     rescale = bool(args.shared["rescale"])
-    rows = []
+    deltas = base.new_empty((len(tensors), *base.shape))  # (N, *shape), filled row by row
     for i, x in enumerate(tensors):
-        delta = x - base
+        torch.sub(x, base, out=deltas[i])
         if sparsifier is not None:
-            delta = sparsify.apply(
+            sparsify.sparsify_(
                 sparsifier,
-                delta,
+                deltas[i],
                 density=float(args.per_model["density"][i]),
                 gamma=float(args.per_model.get("gamma", [0.0] * len(tensors))[i]),
                 rescale=rescale,
                 generator=args.generators[i] if args.generators else None,
             )
-        rows.append(delta)
-    deltas = torch.stack(rows)  # (N, *shape)
-    del rows
     weights = torch.tensor(args.per_model["weight"], dtype=deltas.dtype, device=deltas.device)
     weights = weights.reshape(-1, *([1] * base.dim()))  # (N, 1, ..., 1)
     deltas.mul_(weights)
     if consensus:
-        majority = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(deltas.dtype)
-        agree = deltas.sign() == majority  # (N, *shape); zeros never agree
-        mixed = (deltas * agree).sum(dim=0)
-        divisor = (weights * agree).sum(dim=0)
+        positive = deltas.sum(dim=0) >= 0  # elected sign; a tie counts as positive
+        agree = torch.where(positive, deltas > 0, deltas < 0)  # (N, *shape); zeros never agree
+        mixed = deltas.mul_(agree).sum(dim=0)
+        divisor = torch.zeros_like(mixed)  # sum of the agreeing weights, one row at a time
+        for w, row in zip(weights.reshape(-1).tolist(), agree, strict=True):
+            divisor.add_(row, alpha=w)
         divisor[divisor == 0] = 1
     else:
         mixed = deltas.sum(dim=0)

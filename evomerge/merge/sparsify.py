@@ -16,7 +16,7 @@ import torch
 Tensor = torch.Tensor
 
 
-def apply(
+def sparsify_(
     method: str,
     delta: Tensor,
     *,
@@ -24,9 +24,10 @@ def apply(
     gamma: float = 0.0,
     rescale: bool = False,
     generator: torch.Generator | None = None,
-) -> Tensor:
+) -> None:
+    """In place: zero the dropped entries of `delta`; with `rescale`, restore its L1 norm."""
     if density >= 1:
-        return delta
+        return
     if method == "magnitude":
         mask = magnitude_mask(delta, density)
     elif method == "random":
@@ -35,16 +36,23 @@ def apply(
         mask = outlier_mask(delta, density, gamma)
     else:
         raise ValueError(f"unknown sparsification {method!r}")
-    return rescaled(delta, mask) if rescale else delta * mask
+    before = delta.abs().sum() if rescale else None
+    delta.mul_(mask)
+    del mask
+    if before is not None:
+        after = delta.abs().sum()
+        # Nearly empty task vectors are left unscaled rather than blown up (as mergekit).
+        if before >= 1e-7 and after >= 1e-7:
+            delta.mul_(before / after)
 
 
 def magnitude_mask(delta: Tensor, density: float) -> Tensor:
     if density <= 0 or delta.numel() == 0:
-        return torch.zeros_like(delta)
+        return torch.zeros_like(delta, dtype=torch.bool)
     k = max(1, int(density * delta.numel()))
     keep = torch.topk(delta.abs().reshape(-1), k, sorted=False).indices
-    mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
-    mask[keep] = 1
+    mask = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
+    mask[keep] = True
     return mask.reshape(delta.shape)
 
 
@@ -60,15 +68,6 @@ def outlier_mask(delta: Tensor, density: float, gamma: float) -> Tensor:
     # Fewer outliers are dropped when needed to keep `density` of the entries.
     bottom_n = max(0, n - keep_n - top_n)
     order = torch.argsort(delta.abs().reshape(-1))  # ascending |delta|
-    mask = torch.zeros(n, dtype=delta.dtype, device=delta.device)
-    mask[order[bottom_n : bottom_n + keep_n]] = 1
+    mask = torch.zeros(n, dtype=torch.bool, device=delta.device)
+    mask[order[bottom_n : bottom_n + keep_n]] = True
     return mask.reshape(delta.shape)
-
-
-def rescaled(delta: Tensor, mask: Tensor, eps: float = 1e-7) -> Tensor:
-    """delta * mask, scaled to the L1 norm of delta (unless either norm is below eps)."""
-    masked = delta * mask
-    before, after = delta.abs().sum(), masked.abs().sum()
-    if before < eps or after < eps:
-        return masked
-    return masked * (before / after)

@@ -133,6 +133,7 @@ BAD = [
     ("merge_method: slerp\nbase_model: a\nmodels: [{model: a}, {model: b}]", "parameters.t: required by slerp"),
     ("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\ndtype: float8", "dtype: must be one of"),
     ("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\nmodles: []", "modles: unknown key"),
+    ("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\ntokenizer_source: union", "tokenizer_source: 'union'"),
 ]  # fmt: skip
 
 
