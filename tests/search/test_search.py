@@ -162,8 +162,10 @@ def test_kill_9_loses_no_completed_trial_and_retries_the_running_one(toy_cache, 
         if t.number < killed.number and t.state == TrialState.COMPLETE
     ] == completed
     assert trials[killed.number].state == TrialState.FAIL
-    retried = [t for t in trials if t.number > killed.number and t.params == killed.params]
-    assert retried and retried[0].state == TrialState.COMPLETE
+    # the killed genome (the coordinates it had recorded when it died) is tried again
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert killed.params.items() <= retried[0].params.items()
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 10
 
 
