@@ -1,0 +1,193 @@
+"""`python -m evomerge report results/<run>`: plots and a markdown summary of a search run.
+
+Writes, in the run directory: history.png (fitness per candidate and best so far),
+genome.png (per-layer-group heatmap of the best genome's parameters) and report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from evomerge.errors import SearchError
+from evomerge.search.study import FAILURE, best_trial, counted
+
+
+def open_run(run_dir: Path) -> optuna.Study:
+    """The run's study, from the storage its config.yaml names (default: its study.db)."""
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise SearchError(f"{run_dir}: no config.yaml; not a search run directory")
+    cfg = yaml.safe_load(config_path.read_text())
+    storage = cfg.get("storage") or f"sqlite:///{run_dir / 'study.db'}"
+    try:
+        return optuna.load_study(study_name=str(cfg["run"]), storage=storage)
+    except KeyError as e:
+        raise SearchError(
+            f"{run_dir}: the storage {storage!r} holds no study {cfg['run']!r}"
+        ) from e
+
+
+def plot_history(trials: list[FrozenTrial], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.scatter(
+        [t.number for t in done],
+        [float(t.value or 0.0) for t in done],
+        s=10,
+        alpha=0.5,
+        label="candidate",
+    )
+    best, xs, ys = float("-inf"), [], []
+    for t in done:
+        best = max(best, t.value or float("-inf"))
+        xs.append(t.number)
+        ys.append(best)
+    ax.step(xs, ys, where="post", color="C3", label="best so far")
+    failed = [t.number for t in trials if FAILURE in t.user_attrs]
+    if failed:
+        ax.scatter(
+            failed, [min(ys, default=0)] * len(failed), marker="x", color="k", label="failed"
+        )
+    ax.set_xlabel("trial")
+    ax.set_ylabel("fitness")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def genome_table(
+    params: dict[str, float], ranges: dict[str, tuple[float, float]]
+) -> dict[str, dict[str, tuple[float, float]]] | None:
+    """PS coordinates `<group>.<model>.<parameter>` ->
+    {"<model> <parameter>": {group: (box value, parameter value)}}; None for other spaces."""
+    rows: dict[str, dict[str, tuple[float, float]]] = {}
+    for name, u in params.items():
+        parts = name.rsplit(".", 2)
+        if len(parts) != 3 or parts[2] not in ranges:
+            return None
+        lo, hi = ranges[parts[2]]
+        rows.setdefault(f"{parts[1]} {parts[2]}", {})[parts[0]] = (u, lo + u * (hi - lo))
+    return rows or None
+
+
+def plot_genome(rows: dict[str, dict[str, tuple[float, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(next(iter(rows.values())))
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(groups)), 0.5 * len(rows) + 1.5))
+    im = ax.imshow(
+        [[r[g][0] for g in groups] for r in rows.values()],
+        cmap="viridis",
+        vmin=0,
+        vmax=1,
+        aspect="auto",
+    )
+    ax.set_xticks(range(len(groups)), groups, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), list(rows))
+    for i, r in enumerate(rows.values()):
+        for j, g in enumerate(groups):
+            ax.text(
+                j,
+                i,
+                f"{r[g][1]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if r[g][0] < 0.6 else "black",
+            )
+    fig.colorbar(im, ax=ax, label="share of the parameter's range")
+    ax.set_title("best genome")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def summary_markdown(run_dir: Path, study: optuna.Study) -> str:
+    trials = study.get_trials(deepcopy=False)
+    best = best_trial(study)
+    lines = [f"# Search run `{run_dir.name}`", ""]
+    n_done = sum(t.state == TrialState.COMPLETE for t in trials)
+    n_failed = sum(FAILURE in t.user_attrs for t in trials)
+    lines += [
+        f"- candidates: {sum(counted(t) for t in trials)} ({n_done} scored, {n_failed} failed)"
+    ]
+    for key in ("merge_s", "swap_s", "eval_s"):
+        vals = [t.user_attrs[key] for t in trials if key in t.user_attrs]
+        if vals:
+            lines.append(
+                f"- median {key[:-2]} seconds per candidate: {statistics.median(vals):.3f}"
+            )
+    if best is not None:
+        lines += [f"- best: trial {best.number}, fitness {best.value:.4f}"]
+        test = study.user_attrs.get("test_results") or {}
+        if test.get("trial") == best.number:
+            lines.append(f"- best on the held-out test tasks: `{json.dumps(test['results'])}`")
+        top = sorted(
+            (t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -(t.value or 0)
+        )[:5]
+        lines += ["", "| trial | fitness | metrics |", "|---|---|---|"]
+        lines += [
+            f"| {t.number} | {t.value:.4f} | `{json.dumps(t.user_attrs.get('metrics'))}` |"
+            for t in top
+        ]
+    failures: dict[str, int] = {}
+    for t in trials:
+        if FAILURE in t.user_attrs:
+            reason = str(t.user_attrs[FAILURE]).split(":")[0]
+            failures[reason] = failures.get(reason, 0) + 1
+    if failures:
+        lines += [
+            "",
+            "Failed candidates by reason: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())),
+        ]
+    lines += ["", "![history](history.png)"]
+    if (run_dir / "genome.png").is_file():
+        lines.append("![best genome](genome.png)")
+    return "\n".join(lines) + "\n"
+
+
+def parameter_ranges(run_dir: Path) -> dict[str, tuple[float, float]]:
+    space = yaml.safe_load((run_dir / "config.yaml").read_text()).get("space") or {}
+    lo_w, hi_w = space.get("weight_range", (0.0, 1.0))
+    lo_d, hi_d = space.get("density_range", (0.0, 1.0))
+    return {"weight": (float(lo_w), float(hi_w)), "density": (float(lo_d), float(hi_d))}
+
+
+def write_report(run_dir: Path) -> dict[str, Any]:
+    study = open_run(run_dir)
+    trials = study.get_trials(deepcopy=False)
+    plot_history(trials, run_dir / "history.png")
+    best = best_trial(study)
+    rows = genome_table(best.params, parameter_ranges(run_dir)) if best is not None else None
+    if rows:
+        plot_genome(rows, run_dir / "genome.png")
+    (run_dir / "report.md").write_text(summary_markdown(run_dir, study))
+    return {"report": str(run_dir / "report.md"), "trials": len(trials)}
+
+
+def main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m evomerge report", description=__doc__)
+    p.add_argument("run_dir", type=Path, help="a search run directory, e.g. results/<run>")
+    args = p.parse_args(list(argv))
+    out = write_report(args.run_dir)
+    print(f"wrote {out['report']} ({out['trials']} trials)")
+    return 0

@@ -1,0 +1,66 @@
+"""export and report on a finished run."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from evomerge.config import compose, dump_config
+from evomerge.errors import SearchError
+from evomerge.search.config import search_config
+from evomerge.search.export import export_run
+from evomerge.search.loop import run_search
+from evomerge.search.report import write_report
+
+
+@pytest.fixture(scope="module")
+def run_dir(toy_cache, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    raw = compose(
+        "search",
+        [
+            "models.toy_size=small",
+            "optimizer.n_trials=5",
+            "optimizer.population_size=4",
+            "evaluator.limit=30",
+            "threads=1",
+            f"results_dir={root}",
+            "run=r",
+        ],
+    )
+    cfg = search_config(raw)
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.yaml").write_text(dump_config(raw))
+    run_search(cfg, progress=False)
+    return cfg.run_dir
+
+
+def test_report_writes_plots_and_a_summary(run_dir):
+    out = write_report(run_dir)
+    assert out["trials"] == 5
+    text = (run_dir / "report.md").read_text()
+    assert "candidates: 5 (5 scored, 0 failed)" in text
+    assert "best: trial" in text and "toy_mgsm_ja" in text
+    for png in ("history.png", "genome.png"):
+        assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_export_materializes_the_best_recipe(run_dir, tmp_path):
+    out = export_run(run_dir, tmp_path / "best")
+    model = AutoModelForCausalLM.from_pretrained(out)
+    logits = model(torch.tensor([[1, 2, 3]])).logits
+    assert torch.isfinite(logits).all()
+    assert "merge_method: dare_ties" in (out / "README.md").read_text()
+
+
+def test_commands_refuse_a_directory_that_is_not_a_run(tmp_path):
+    with pytest.raises(SearchError, match=r"no best_recipe\.yaml"):
+        export_run(tmp_path)
+    for cmd in ("export", "report"):
+        r = subprocess.run(
+            [sys.executable, "-m", "evomerge", cmd, str(tmp_path)], capture_output=True, text=True
+        )
+        assert r.returncode == 2
+        assert str(tmp_path) in r.stderr
