@@ -22,12 +22,13 @@ def main(argv: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
-    cfg = compose("eval", quote_list_override(argv, "task"))
+    argv = ["tasks=" + a.removeprefix("task=") if a.startswith("task=") else a for a in argv]
+    cfg = compose("eval", quote_list_override(argv, "tasks"))
     evaluator = dict(cfg["evaluator"])
     if cfg.get("limit") is not None:
         evaluator["limit"] = cfg["limit"]
     settings = EvalSettings.from_dict(evaluator)
-    names = cfg["task"] if isinstance(cfg["task"], list) else [cfg["task"]]
+    names = cfg["tasks"] if isinstance(cfg["tasks"], list) else [cfg["tasks"]]
     results = run_eval(
         str(cfg["model"]),
         [str(n) for n in names],

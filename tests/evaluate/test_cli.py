@@ -42,3 +42,18 @@ def test_eval_bad_input_exits_2_with_a_message(tiny_models):
         f"include=[{FIXTURE_TASKS}]",
     )
     assert r.returncode == 2 and "evaluator.batch_size: must be >= 1" in r.stderr
+
+
+def test_eval_of_a_recipe_merges_it_first(tiny_models, tmp_path):
+    a, b = tiny_models
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "merge_method: linear\n"
+        f"models:\n  - model: {a}\n    parameters: {{weight: 1.0}}\n"
+        f"  - model: {b}\n    parameters: {{weight: 0.0}}\n"
+    )
+    common = ["task=tiny_digits", f"include=[{FIXTURE_TASKS}]", "evaluator.batch_size=8"]
+    merged, plain = tmp_path / "merged.json", tmp_path / "plain.json"
+    assert run(f"model={recipe}", f"output={merged}", *common).returncode == 0
+    assert run(f"model={a}", f"output={plain}", *common).returncode == 0
+    assert json.loads(merged.read_text()) == json.loads(plain.read_text())

@@ -1,0 +1,76 @@
+"""The vLLM backend's weight push, checked against a recording engine (the GPU run is separate)."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from evomerge.evaluate import CandidateFailed, EvalSettings, VLLMBackend
+from evomerge.evaluate.backends import push_weights
+
+
+class RecordingEngine:
+    """Records what a vllm.LLM would be asked to do."""
+
+    def __init__(self, keyword_form: bool = True):
+        self.keyword_form = keyword_form
+        self.calls: list[tuple] = []
+
+    def collective_rpc(self, method, kwargs=None):
+        if isinstance(method, str) and not self.keyword_form:
+            raise TypeError("reload_weights() got an unexpected keyword argument")
+        self.calls.append((method, kwargs))
+        if callable(method):
+            worker = SimpleNamespace(model_runner=SimpleNamespace(model=self))
+            method(worker)
+
+    def load_weights(self, weights):
+        self.calls.append(("load_weights", list(weights)))
+
+    def reset_prefix_cache(self):
+        self.calls.append(("reset_prefix_cache", None))
+
+
+def backend_with(engine, model_dir):
+    backend = VLLMBackend(model_dir, EvalSettings(backend="vllm", device="cuda"))
+    backend._lm = SimpleNamespace(model=engine)  # the engine lm-eval's VLLM wrapper holds
+    return backend
+
+
+def test_commit_pushes_every_tensor_by_hugging_face_name_then_resets_the_cache(tiny_models):
+    engine = RecordingEngine()
+    backend = backend_with(engine, tiny_models[0])
+    with torch.no_grad():
+        backend.target.model.layers[0].mlp.up_proj.weight.fill_(0.25)
+    backend.commit_weights()
+    (method, kwargs), reset = engine.calls
+    assert method == "reload_weights" and reset[0] == "reset_prefix_cache"
+    pushed = dict(kwargs["weights_iterator"])
+    assert set(pushed) == set(backend.target.state_dict())
+    assert torch.all(pushed["model.layers.0.mlp.up_proj.weight"] == 0.25)
+
+
+def test_tied_embeddings_are_pushed_once(tiny_models):
+    engine = RecordingEngine()
+    backend = backend_with(engine, tiny_models[0])
+    backend.target.config.tie_word_embeddings = True
+    backend.commit_weights()
+    pushed = dict(engine.calls[0][1]["weights_iterator"])
+    assert "lm_head.weight" not in pushed and "model.embed_tokens.weight" in pushed
+
+
+def test_non_finite_weights_never_reach_the_engine(tiny_models):
+    engine = RecordingEngine()
+    backend = backend_with(engine, tiny_models[0])
+    with torch.no_grad():
+        backend.target.model.norm.weight[0] = float("inf")
+    with pytest.raises(CandidateFailed, match=r"model\.norm\.weight"):
+        backend.commit_weights()
+    assert engine.calls == []
+
+
+def test_older_engines_get_the_weights_through_the_model_loader():
+    engine = RecordingEngine(keyword_form=False)
+    push_weights(engine, [("w", torch.ones(2))])
+    loaded = [c for c in engine.calls if c[0] == "load_weights"]
+    assert len(loaded) == 1 and loaded[0][1][0][0] == "w"
