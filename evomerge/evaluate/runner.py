@@ -70,14 +70,17 @@ NOT_METRICS = ("alias", "sample_len", "sample_count")
 def _metrics(raw: dict[str, Any]) -> dict[str, float]:
     """lm-eval's `{"acc,none": 0.3, "acc_stderr,none": "N/A", "alias": ...}` -> `{"acc": 0.3}`.
 
-    Metrics under a named filter keep it: `exact_match,strict-match`.
+    A task with one filter reports its metrics by plain name (`acc`, whatever the filter is
+    called); with several filters the names keep the filter: `exact_match,strict-match`.
     """
+    values = {
+        key: float(value)
+        for key, value in raw.items()
+        if key not in NOT_METRICS and "_stderr," not in key and isinstance(value, int | float)
+    }
+    filters = {key.partition(",")[2] for key in values}
     out: dict[str, float] = {}
-    for key, value in raw.items():
-        if key in NOT_METRICS or "_stderr," in key or not isinstance(value, int | float):
-            continue
-        metric, _, filt = key.partition(",")
-        name = metric if filt in ("", "none") else key
-        v = float(value)
+    for key, v in values.items():
+        name = key.partition(",")[0] if len(filters) == 1 else key
         out[name] = v if math.isfinite(v) else float("nan")
     return out

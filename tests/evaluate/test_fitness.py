@@ -41,3 +41,12 @@ def test_missing_metric_is_an_error_naming_what_is_available():
 def test_bad_objectives_are_config_errors(items, message):
     with pytest.raises(ConfigError, match=message):
         Objective.parse(items)
+
+
+def test_metric_names_drop_a_single_filter_and_keep_several():
+    from evomerge.evaluate.runner import _metrics
+
+    one = {"alias": "t", "acc,ja-answer": 0.5, "acc_stderr,ja-answer": "N/A", "ja,ja-answer": 1}
+    assert _metrics(one) == {"acc": 0.5, "ja": 1.0}
+    two = {"exact_match,strict": 0.25, "exact_match,flexible": 0.5, "sample_len": 9}
+    assert _metrics(two) == {"exact_match,strict": 0.25, "exact_match,flexible": 0.5}
