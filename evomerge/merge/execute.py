@@ -165,11 +165,12 @@ def run_job(
     tensors = [fetch(inp.model, inp.name) for inp in job.inputs]
     if not all(t.is_floating_point() for t in tensors):
         return _agreed_buffer(job, tensors)
-    if in_dtype is not None:
-        tensors = [t.to(in_dtype) for t in tensors]
-    # Half-precision inputs are merged in float32 and rounded once at the end.
-    compute = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
-    tensors = [t.to(compute) for t in tensors]
+    # Inputs are rounded to the recipe's dtype (as mergekit does), then merged in float32
+    # (float64 stays) and rounded once at the end. One at a time, to free each original early.
+    first = in_dtype or tensors[0].dtype
+    compute = torch.float64 if first == torch.float64 else torch.float32
+    for i, t in enumerate(tensors):
+        tensors[i] = t.to(in_dtype).to(compute) if in_dtype is not None else t.to(compute)
     base = tensors.pop() if job.has_base else None
     generators = (
         _generators(job, seed, len(tensors), tensors[0].device) if plan.method.seeded else ()

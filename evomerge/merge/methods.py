@@ -141,7 +141,7 @@ def _task_arithmetic(
     if consensus:
         positive = deltas.sum(dim=0) >= 0  # elected sign; a tie counts as positive
         agree = torch.where(positive, deltas > 0, deltas < 0)  # (N, *shape); zeros never agree
-        mixed = deltas.mul_(agree).sum(dim=0)
+        mixed = deltas.masked_fill_(~agree, 0.0).sum(dim=0)
         divisor = torch.zeros_like(mixed)  # sum of the agreeing weights, one row at a time
         for w, row in zip(weights.reshape(-1).tolist(), agree, strict=True):
             divisor.add_(row, alpha=w)

@@ -11,6 +11,8 @@ for DARE this is 1/density in expectation).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 Tensor = torch.Tensor
@@ -37,7 +39,10 @@ def sparsify_(
     else:
         raise ValueError(f"unknown sparsification {method!r}")
     before = delta.abs().sum() if rescale else None
-    delta.mul_(mask)
+    if mask.dtype == torch.bool:
+        delta.masked_fill_(~mask, 0.0)  # as delta * mask, up to the sign of zeros; faster
+    else:
+        delta.mul_(mask)
     del mask
     if before is not None:
         after = delta.abs().sum()
@@ -47,13 +52,11 @@ def sparsify_(
 
 
 def magnitude_mask(delta: Tensor, density: float) -> Tensor:
+    """The `density` share of entries with the largest |delta| (at least one)."""
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta, dtype=torch.bool)
     k = max(1, int(density * delta.numel()))
-    keep = torch.topk(delta.abs().reshape(-1), k, sorted=False).indices
-    mask = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
-    mask[keep] = True
-    return mask.reshape(delta.shape)
+    return largest_mask(delta.abs(), k)
 
 
 def random_mask(delta: Tensor, density: float, generator: torch.Generator | None) -> Tensor:
@@ -62,12 +65,66 @@ def random_mask(delta: Tensor, density: float, generator: torch.Generator | None
 
 
 def outlier_mask(delta: Tensor, density: float, gamma: float) -> Tensor:
+    """Rank entries by |delta|; keep ranks [n_bottom, n_bottom + n_keep) from the smallest."""
     n = delta.numel()
     keep_n = int(density * n)
     top_n = int(gamma * n)
     # Fewer outliers are dropped when needed to keep `density` of the entries.
     bottom_n = max(0, n - keep_n - top_n)
-    order = torch.argsort(delta.abs().reshape(-1))  # ascending |delta|
-    mask = torch.zeros(n, dtype=torch.bool, device=delta.device)
-    mask[order[bottom_n : bottom_n + keep_n]] = True
-    return mask.reshape(delta.shape)
+    magnitude = delta.abs()
+    mask = largest_mask(magnitude, n - bottom_n)
+    mask &= ~largest_mask(magnitude, n - bottom_n - keep_n)
+    return mask
+
+
+def largest_mask(values: Tensor, k: int) -> Tensor:
+    """Exactly the k largest of non-negative `values` (ties at the threshold: first in order).
+
+    A radix select on float32 bit patterns (which order like the values when non-negative)
+    needs two small histograms instead of a sort: about one extra tensor of memory, where
+    torch.topk needs five.
+    """
+    if k <= 0:
+        return torch.zeros_like(values, dtype=torch.bool)
+    if values.dtype != torch.float32:
+        mask = torch.zeros(values.numel(), dtype=torch.bool, device=values.device)
+        mask[torch.topk(values.reshape(-1), k, sorted=False).indices] = True
+        return mask.reshape(values.shape)
+    threshold = _kth_largest(values, k)
+    mask = values > threshold
+    missing = k - int(torch.count_nonzero(mask))  # (bool .sum() would make an int64 copy)
+    if missing > 0:
+        tied = (values == threshold).reshape(-1).nonzero().squeeze(1)[:missing]
+        mask.view(-1)[tied] = True
+    return mask
+
+
+_CHUNK = 1 << 22  # elements per histogram pass: bounds the int64 scratch of bincount
+
+
+def _kth_largest(values: Tensor, k: int) -> Tensor:
+    bits = values.reshape(-1).view(torch.int32)
+    high_counts = _histogram(c >> 16 for c in bits.split(_CHUNK))
+    bucket, rank = _select_bucket(high_counts, k)
+    low_counts = _histogram(c[(c >> 16) == bucket] & 0xFFFF for c in bits.split(_CHUNK))
+    sub_bucket, _ = _select_bucket(low_counts, rank)
+    pattern = torch.tensor([(bucket << 16) | sub_bucket], dtype=torch.int32)
+    return pattern.view(torch.float32)[0].to(values.device)
+
+
+def _histogram(chunks: Iterable[Tensor]) -> Tensor:
+    counts = None
+    for chunk in chunks:
+        part = torch.bincount(chunk, minlength=1 << 16)
+        counts = part if counts is None else counts.add_(part)
+    if counts is None:
+        raise ValueError("empty input")
+    return counts
+
+
+def _select_bucket(counts: Tensor, k: int) -> tuple[int, int]:
+    """The bucket holding the k-th largest element, and that element's rank inside it."""
+    at_or_above = counts.flip(0).cumsum(0).flip(0)  # [b]: elements in buckets >= b
+    bucket = int((at_or_above >= k).nonzero().max())
+    above = int(at_or_above[bucket + 1]) if bucket + 1 < counts.numel() else 0
+    return bucket, k - above
