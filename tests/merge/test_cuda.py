@@ -1,0 +1,43 @@
+"""`--device cuda`: the same merges on the GPU (run with `pytest -m gpu` on a CUDA machine)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from evomerge.merge import MergeOptions, merge_to_disk
+from evomerge.recipe import load_recipe
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def _recipe(family: dict[str, Path], method: str) -> str:
+    params = "{weight: 0.6, density: 0.5}"
+    return (
+        f"merge_method: {method}\nbase_model: {family['base']}\nmodels:\n"
+        f"  - {{model: {family['a']}, parameters: {params}}}\n"
+        f"  - {{model: {family['b']}, parameters: {params}}}\n"
+    )
+
+
+@pytest.mark.parametrize("method", ["ties", "task_arithmetic", "breadcrumbs_ties"])
+def test_cuda_merge_matches_cpu(method: str, family: dict[str, Path], tmp_path: Path) -> None:
+    recipe = load_recipe(_recipe(family, method))
+    cpu = load_file(merge_to_disk(recipe, tmp_path / "cpu") / "model.safetensors")
+    gpu = load_file(
+        merge_to_disk(recipe, tmp_path / "gpu", MergeOptions(device="cuda")) / "model.safetensors"
+    )
+    for name in cpu:
+        torch.testing.assert_close(gpu[name], cpu[name], rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_dare_is_reproducible(family: dict[str, Path], tmp_path: Path) -> None:
+    recipe = load_recipe(_recipe(family, "dare_ties"))
+    options = MergeOptions(device="cuda", random_seed=3)
+    first = load_file(merge_to_disk(recipe, tmp_path / "one", options) / "model.safetensors")
+    second = load_file(merge_to_disk(recipe, tmp_path / "two", options) / "model.safetensors")
+    assert all(torch.equal(first[k], second[k]) for k in first)
