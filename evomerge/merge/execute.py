@@ -84,7 +84,9 @@ def merge_into_model(
     """Write the merged tensors into `model`'s parameters and buffers in place (no disk writes).
 
     The numbers equal merge_to_disk's for the same recipe and options. Pass one SourceCache
-    (preload=True to keep source tensors in memory) across calls to avoid re-reading.
+    (preload=True to keep source tensors in memory) across calls to avoid re-reading. Checks
+    that need no weights run first; an error while merging (e.g. NaN) leaves the model partly
+    overwritten, so treat it as unusable until the next successful merge.
     """
     options = options or MergeOptions()
     cache = cache or SourceCache()
