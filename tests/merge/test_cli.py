@@ -152,3 +152,18 @@ def test_existing_out_dir_is_refused(
     code, out = _run(tmp_path, _ties(family["base"], family["a"]))
     assert code == 2 and "already exists" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_python_dash_m_evomerge_merge(family: dict[str, Path], tmp_path: Path) -> None:
+    """The real entry point, in its own process, with its progress bar."""
+    import os
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(_ties(family["base"], family["a"], family["b"]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "evomerge", "merge", str(recipe), str(tmp_path / "out")]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "merging" in done.stderr and (tmp_path / "out" / "model.safetensors").is_file()
