@@ -113,6 +113,11 @@ def merge_into_model(
 
 
 def _device(options: MergeOptions) -> torch.device:
+    """The compute device, once the options are checked."""
+    if options.out_dtype is not None and options.out_dtype not in DTYPES:
+        raise MergeError(
+            f"out_dtype: must be one of {', '.join(DTYPES)}, got {options.out_dtype!r}"
+        )
     if options.device not in ("cpu", "cuda") and not options.device.startswith("cuda:"):
         raise MergeError(f"device: must be cpu or cuda, got {options.device!r}")
     if options.device.startswith("cuda") and not torch.cuda.is_available():
