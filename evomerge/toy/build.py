@@ -37,7 +37,7 @@ from evomerge.toy.tasks import task_examples
 from evomerge.toy.tokenizer import make_tokenizer
 
 # Bump when data, vocabulary, architecture or schedule change: it names the cache directory.
-FAMILY_VERSION = 1
+FAMILY_VERSION = 2
 MANIFEST = "family.json"
 BASE = "base"
 
@@ -133,7 +133,7 @@ def _train_all(cfg: FamilyConfig, out: Path, progress: bool) -> dict[str, Any]:
             train(
                 model,
                 mix,
-                steps=cfg.finetune_steps,
+                steps=cfg.steps(spec),
                 lr=cfg.finetune_lr,
                 cfg=cfg,
                 seed=spec.seed,

@@ -5,7 +5,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.errors import ConfigError
-from evomerge.toy import ToyFamily, build, build_family, ensure_family, load_family
+from evomerge.toy import FAMILY_VERSION, ToyFamily, build, build_family, ensure_family, load_family
 from evomerge.toy.cli import main as toy_main
 from evomerge.toy.probe import score
 from evomerge.toy.tasks import task_examples
@@ -13,7 +13,7 @@ from evomerge.toy.tasks import task_examples
 
 def test_family_layout_and_names(small_family: ToyFamily) -> None:
     assert small_family.names == ["base", "math_en", "lang_ja"]
-    assert small_family.root.name == "toy-v1-small"
+    assert small_family.root.name == f"toy-v{FAMILY_VERSION}-small"
     for name in small_family.names:
         d = small_family.path(name)
         for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
