@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,10 @@ def load_recipe(source: str | Path) -> Recipe:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise RecipeError(f"{where}: malformed YAML{at}: {problem}") from None
+    except RecursionError:
+        raise RecipeError(f"{where}: malformed YAML: nested too deeply") from None
+    except Exception as e:  # safe_load's constructors fail on bad tagged scalars: `!!int abc`
+        raise RecipeError(f"{where}: malformed YAML: bad tagged value ({e!r})") from None
     if not isinstance(data, Mapping):
         raise RecipeError(f"{where}: a recipe must be a YAML mapping, got {type(data).__name__}")
     return parse_recipe(data)
@@ -153,6 +158,9 @@ def parse_recipe(data: Mapping[str, Any]) -> Recipe:
             "tokenizer_source: 'union' (vocabulary merging) is not supported; "
             "use 'base' or a model whose tokenizer every source shares"
         )
+    for key in ("models", "slices"):
+        if data.get(key) is not None and not isinstance(data[key], list):
+            raise RecipeError(f"{key}: must be a list, got {data[key]!r}")
     has_models, has_slices = bool(data.get("models")), bool(data.get("slices"))
     if has_models == has_slices:
         raise RecipeError("recipe: give exactly one of `models` or `slices` (a non-empty list)")
@@ -296,6 +304,10 @@ def _parse_scalar(value: Any, path: str) -> Scalar:
         value = float(value)  # YAML 1.1 reads `1e-3` as a string; mergekit treats it as a number
     if isinstance(value, float) and not math.isfinite(value):
         raise RecipeError(f"{path}: must be a finite number, got {value!r}")
+    if isinstance(value, int) and abs(value) > sys.float_info.max:  # float(value) would overflow
+        raise RecipeError(
+            f"{path}: must be a finite number, got an integer of {len(str(value))} digits"
+        )
     if isinstance(value, bool | int | float | str):
         return value
     raise RecipeError(f"{path}: must be a number, boolean or string, got {value!r}")

@@ -157,22 +157,40 @@ def _weight_files(directory: Path) -> list[Path]:
 
 def _read_header(file: Path) -> dict[str, tuple[_Location, TensorInfo]]:
     try:
+        size = file.stat().st_size
         with open(file, "rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
+            if length > size - 8:
+                raise ValueError(f"header length {length} exceeds the file's {size} bytes")
             header = json.loads(f.read(length))
-    except (OSError, struct.error, ValueError) as e:
+        if not isinstance(header, dict):
+            raise ValueError(f"header is a {type(header).__name__}, not a mapping")
+        data_start = 8 + length
+        out = {}
+        for name, entry in header.items():
+            if name != "__metadata__":
+                out[name] = _header_entry(name, entry, data_start, size, file)
+    except (OSError, struct.error, ValueError, KeyError, TypeError) as e:
         raise MergeError(f"{file}: not a readable safetensors file ({e})") from None
-    data_start = 8 + length
-    out = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if entry["dtype"] not in SAFETENSORS_DTYPES:
-            raise MergeError(f"{file}: tensor {name} has unsupported dtype {entry['dtype']}")
-        begin, end = entry["data_offsets"]
-        loc = _Location(file, data_start + begin, data_start + end)
-        out[name] = (loc, TensorInfo(tuple(entry["shape"]), SAFETENSORS_DTYPES[entry["dtype"]]))
     return out
+
+
+def _header_entry(
+    name: str, entry: Any, data_start: int, size: int, file: Path
+) -> tuple[_Location, TensorInfo]:
+    """One tensor's header entry, checked against its dtype, shape and the file's length."""
+    if entry["dtype"] not in SAFETENSORS_DTYPES:
+        raise MergeError(f"{file}: tensor {name} has unsupported dtype {entry['dtype']}")
+    dtype, shape = SAFETENSORS_DTYPES[entry["dtype"]], tuple(int(d) for d in entry["shape"])
+    begin, end = (int(x) for x in entry["data_offsets"])
+    numel = 1
+    for d in shape:
+        numel *= d
+    if not 0 <= begin <= end or end - begin != numel * dtype.itemsize:
+        raise ValueError(f"tensor {name}: offsets {[begin, end]} do not fit shape {list(shape)}")
+    if data_start + end > size:
+        raise ValueError(f"truncated: tensor {name} ends at byte {data_start + end} of {size}")
+    return _Location(file, data_start + begin, data_start + end), TensorInfo(shape, dtype)
 
 
 def _torch_load(file: Path) -> dict[str, torch.Tensor]:

@@ -90,7 +90,9 @@ def _truncated(family: dict[str, Path], tmp: Path) -> tuple[str, str]:
     cut = make_tiny_llama(tmp / "cut", seed=9, base=family["base"])
     data = (cut / "model.safetensors").read_bytes()
     (cut / "model.safetensors").write_bytes(data[: len(data) - 1000])
-    return _ties(family["base"], family["a"], cut), "truncated while reading tensor"
+    return _ties(
+        family["base"], family["a"], cut
+    ), "model.safetensors: not a readable safetensors file (truncated: tensor"
 
 
 BAD_INPUTS = {
