@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from evomerge.errors import EvaluationError
 from evomerge.evaluate.backends import Backend
 from evomerge.evaluate.fitness import Results
 from evomerge.evaluate.guard import CandidateFailed, is_oom
+from evomerge.evaluate.prepared import run_requests
 from evomerge.evaluate.tasks import TaskSet
 
 
@@ -31,8 +31,6 @@ def evaluate(backend: Backend, tasks: TaskSet, *, log_samples: bool = False) -> 
     Raises CandidateFailed (an EvaluationError with `.reason` nan / oom / timeout); the backend
     stays usable for the next candidate.
     """
-    from lm_eval.evaluator import evaluate as lm_evaluate
-
     s = backend.settings
     guard = backend.guard()
     armed = guard.armed(s.timeout_s) if guard is not None else contextlib.nullcontext()
@@ -40,14 +38,7 @@ def evaluate(backend: Backend, tasks: TaskSet, *, log_samples: bool = False) -> 
     t0 = time.perf_counter()
     try:
         with armed, torch.inference_mode():
-            out = lm_evaluate(
-                lm=backend.lm,
-                task_dict=tasks.task_dict,
-                limit=s.limit,
-                bootstrap_iters=0,  # stderr by bootstrap costs seconds per candidate
-                log_samples=log_samples,
-                apply_chat_template=s.apply_chat_template,
-            )
+            raw, samples = run_requests(backend.lm, tasks, s, log_samples=log_samples)
     except CandidateFailed:
         raise
     except Exception as e:
@@ -56,12 +47,9 @@ def evaluate(backend: Backend, tasks: TaskSet, *, log_samples: bool = False) -> 
                 torch.cuda.empty_cache()
             raise CandidateFailed("oom", str(e).splitlines()[0]) from e
         raise
-    if out is None:
-        raise EvaluationError("lm-eval returned no results (non-zero rank?)")
     seconds = time.perf_counter() - t0
-    results = {name: _metrics(out["results"].get(name, {})) for name in tasks.tasks}
-    samples = dict(out.get("samples") or {}) if log_samples else {}
-    return Evaluation(results, seconds, samples)
+    results = {name: _metrics(raw.get(name, {})) for name in tasks.tasks}
+    return Evaluation(results, seconds, samples if log_samples else {})
 
 
 NOT_METRICS = ("alias", "sample_len", "sample_count")

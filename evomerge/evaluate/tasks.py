@@ -22,6 +22,7 @@ class TaskSet:
 
     names: tuple[str, ...]
     task_dict: dict[str, Any]
+    built_for: tuple[Any, ...] | None = None  # requests built for (lm, limit, chat template)
 
     @property
     def tasks(self) -> dict[str, Any]:

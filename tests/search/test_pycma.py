@@ -124,6 +124,39 @@ def test_failed_candidate_is_told_the_worst_value_of_its_generation() -> None:
     assert costs(gen0, study.direction) == [-0.3, -0.3, -0.9, -0.5]  # pycma minimizes
 
 
+def test_a_lost_trial_that_is_retried_changes_nothing_told() -> None:
+    values = [0.3, 0.7, 0.9, 0.5]
+    plain = optuna.create_study(sampler=make(), direction="maximize")
+    for v in values:
+        t = plain.ask()
+        suggest(t)
+        plain.tell(t, v)
+    sampler = make()
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    for v in values[:3]:
+        t = study.ask()
+        suggest(t)
+        study.tell(t, v)
+    lost = study.ask()
+    suggest(lost)
+    study.tell(lost, state=TrialState.FAIL)  # what the heartbeat does to a dead worker's trial
+    frozen = study.trials[lost.number]
+    study.add_trial(  # what RetryHeartbeatStaleTrialCallback enqueues
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=frozen.params,
+            distributions=frozen.distributions,
+            system_attrs={"failed_trial": lost.number, "retry_history": [lost.number]},
+        )
+    )
+    retry = study.ask()
+    assert suggest(retry) == genome(frozen)
+    study.tell(retry, values[3])
+    gen0 = sampler.replay(study.trials, study.direction)[0]
+    assert gen0.result(3) is not None and gen0.result(3).number == retry.number
+    assert suggest(study.ask()) == suggest(plain.ask())  # generation 1 as if nothing happened
+
+
 def test_enqueued_trials_are_evaluated_but_not_told() -> None:
     sampler = make()
     study = optuna.create_study(sampler=sampler)

@@ -1,0 +1,36 @@
+"""Requests built once give exactly what lm-eval's own evaluate() gives, candidate after candidate."""
+
+import pytest
+import torch
+from lm_eval.evaluator import evaluate as lm_evaluate
+
+from evomerge.evaluate import EvalSettings, HFBackend, evaluate, load_tasks
+from evomerge.evaluate.runner import _metrics
+from evomerge.toy import ensure_family
+
+
+def reference(backend, tasks, settings):
+    out = lm_evaluate(
+        lm=backend.lm,
+        task_dict=tasks.task_dict,
+        limit=settings.limit,
+        bootstrap_iters=0,
+        log_samples=False,
+    )
+    return {name: _metrics(out["results"][name]) for name in tasks.tasks}
+
+
+@pytest.mark.parametrize("limit", [None, 30])
+def test_toy_tasks_match_lm_eval_across_weight_swaps(toy_cache, limit):
+    family = ensure_family(size="small", cache_dir=toy_cache)
+    settings = EvalSettings(batch_size=64, limit=limit)
+    tasks = load_tasks(["toy_mgsm_ja_fit", "toy_math_en", "toy_lang_ja"], settings)
+    backend = HFBackend.from_pretrained(family.base, settings)
+    for member in ("base", "math_en", "lang_ja"):
+        source = HFBackend.from_pretrained(family.path(member), settings).model.state_dict()
+        with torch.no_grad():
+            for name, t in backend.model.state_dict().items():
+                t.copy_(source[name])
+        ours = evaluate(backend, tasks).results
+        assert ours == reference(backend, tasks, settings)
+        assert set(ours["toy_mgsm_ja_fit"]) == {"acc", "correct", "ja"}
