@@ -31,7 +31,9 @@ from evomerge.search.scorer import CandidateScorer
 from evomerge.search.space import build_space
 from evomerge.search.study import (
     FAILURE,
+    SURPLUS,
     best_trial,
+    budget_held,
     fail_abandoned_trials,
     open_study,
     trials_done,
@@ -93,8 +95,14 @@ def run_search(cfg: SearchConfig, *, progress: bool = True) -> dict[str, Any]:
     ):
         while trials_done(study) < budget and not stop.requested:
             fail_abandoned_trials(study, grace_s=2 * cfg.heartbeat_s)
+            if budget_held(study) >= budget:
+                # The rest of the budget is running on other workers, or on a dead one until
+                # its heartbeat expires: then its trial fails and its genome is retried here.
+                optuna.storages.fail_stale_trials(study)
+                time.sleep(min(cfg.heartbeat_s, 2))
+                continue
             study.optimize(
-                lambda trial: objective(trial, space, scorer, worker),
+                lambda trial: objective(trial, space, scorer, worker, budget),
                 n_trials=1,
                 catch=(CandidateError,),
             )
@@ -103,8 +111,13 @@ def run_search(cfg: SearchConfig, *, progress: bool = True) -> dict[str, Any]:
 
 
 def objective(
-    trial: optuna.Trial, space: GenomeSpace, scorer: CandidateScorer, worker: str
+    trial: optuna.Trial, space: GenomeSpace, scorer: CandidateScorer, worker: str, budget: int
 ) -> float:
+    if budget_held(trial.study, before=trial.number) >= budget:
+        # Another worker took the last place between our check and this trial's creation:
+        # this one gives way before it samples anything (PRUNED, not counted, no genome).
+        trial.set_user_attr(SURPLUS, True)
+        raise optuna.TrialPruned("the trial budget is already held by earlier trials")
     x = np.array([trial.suggest_float(name, 0.0, 1.0) for name in space.names])
     try:
         recipe = space.decode(x)

@@ -12,8 +12,10 @@ Which result a candidate gets (fixed once known, so a replay never changes histo
 - COMPLETE: its value; FAIL or PRUNED: the worst value of its generation (ranked last; when
   every candidate of a generation failed, all tie). Failed candidates are not re-asked: a
   genome that gave NaN or ran out of memory would do so again.
-A trial lost with a dead worker is failed by the storage's heartbeat, so its candidate counts
-as failed; a retry of it (same parameters) is still evaluated and recorded, but not told.
+A trial lost with a dead worker is failed by the storage's heartbeat, which enqueues a retry
+(same parameters, the lost trial's number in its `retry_history`): the lost trial is then
+ignored and the retry decides, so a killed worker changes nothing that is told. Once the
+retries are used up (no retry names it), the lost trial counts as failed.
 
 Several workers: a new trial gets the lowest-indexed candidate of the current generation that
 no trial has taken yet. When all are taken but some are still running, it gets the running one
@@ -148,6 +150,8 @@ class PyCmaSampler(BaseSampler):
 
     def replay(self, trials: Sequence[FrozenTrial], direction: StudyDirection) -> list[Generation]:
         """Every generation so far: the closed ones (told) and the open one, last."""
+        retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+        trials = [t for t in trials if not (t.state == TrialState.FAIL and t.number in retried)]
         es, params = self.new_strategy(), param_matrix(trials, self.names)
         out: list[Generation] = []
         while True:

@@ -26,6 +26,9 @@ def make_sampler(spec: OptimizerSpec, space: GenomeSpace, seed: int) -> BaseSamp
             popsize=spec.population_size,
             restart_strategy=spec.restart_strategy,
             warn_independent_sampling=False,
+            # Until a first trial completes, CMA-ES has no search space and samples from this;
+            # seeded per trial, so workers starting together do not all draw the same genome.
+            independent_sampler=PerTrialSeed(lambda s: optuna.samplers.RandomSampler(seed=s), seed),
         )
     if spec.sampler == "pycma":
         from evomerge.search.pycma import PyCmaSampler

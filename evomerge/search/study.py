@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib.util
+import time
 import warnings
 from typing import Any
 
@@ -17,6 +19,8 @@ from evomerge.search.config import SearchConfig
 from evomerge.search.samplers import make_sampler
 
 FAILURE = "failure_reason"  # user attr of a candidate that failed (nan, oom, timeout, merge)
+OPEN_ATTEMPTS = 5  # tries to open the storage (see open_study)
+SURPLUS = "surplus"  # user attr of a trial created after the budget was held (PRUNED, unused)
 
 
 def open_study(cfg: SearchConfig, space: GenomeSpace) -> optuna.Study:
@@ -24,45 +28,71 @@ def open_study(cfg: SearchConfig, space: GenomeSpace) -> optuna.Study:
     engine: dict[str, Any] = {}
     if cfg.storage_url.startswith("sqlite"):
         engine = {"connect_args": {"timeout": 120}}  # several local workers may write at once
+    for attempt in range(1, OPEN_ATTEMPTS + 1):
+        try:
+            storage = rdb_storage(cfg, engine)
+            break
+        except Exception as e:
+            # Workers started together on an empty PostgreSQL database race to create Optuna's
+            # tables: the losers fail once with a duplicate-type error; the tables exist then.
+            if attempt == OPEN_ATTEMPTS:
+                raise SearchError(f"storage: cannot open {cfg.storage_url!r}: {e}") from e
+            time.sleep(0.2 * attempt)
+    sampler = make_sampler(cfg.optimizer, space, cfg.seed)
     try:
-        with warnings.catch_warnings():
-            # Optuna marks the heartbeat options experimental; they are its documented way to
-            # fail and retry the trials of a dead worker.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(
-                cfg.storage_url,
-                engine_kwargs=engine,
-                heartbeat_interval=cfg.heartbeat_s,
-                grace_period=2 * cfg.heartbeat_s,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                    max_retry=cfg.max_retry
-                ),
-            )
-    except Exception as e:
-        raise SearchError(f"storage: cannot open {cfg.storage_url!r}: {e}") from e
-    study = optuna.create_study(
-        study_name=cfg.run,
-        storage=storage,
-        sampler=make_sampler(cfg.optimizer, space, cfg.seed),
-        direction="maximize",
-        load_if_exists=True,
-    )
+        # Workers started together race to create the study; the storage lets exactly one
+        # win, and only that one enqueues the first candidates (else each would, once).
+        study = optuna.create_study(
+            study_name=cfg.run, storage=storage, sampler=sampler, direction="maximize"
+        )
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=cfg.run, storage=storage, sampler=sampler)
+        created = False
     fingerprint = space.fingerprint()
     stored = study.user_attrs.get("space_fingerprint")
     if stored is None:
         study.set_user_attr("space_fingerprint", fingerprint)
         study.set_user_attr("space_names", list(space.names))
-        if not study.trials and cfg.optimizer.sampler != "random":
-            # The uniform merge is the first candidate: the baseline every later one is judged by.
-            study.enqueue_trial(dict(zip(space.names, space.x0().tolist(), strict=True)))
-        for point in cfg.optimizer.warm_start:
-            study.enqueue_trial(point)
     elif stored != fingerprint:
         raise SearchError(
             f"run {cfg.run!r}: its study was started with a different search space "
             f"(models, method or layer groups); choose a new run=NAME or delete {cfg.run_dir}"
         )
+    if created:
+        if cfg.optimizer.sampler != "random":
+            # The uniform merge is the first candidate: the baseline every later one is judged by.
+            study.enqueue_trial(dict(zip(space.names, space.x0().tolist(), strict=True)))
+        for point in cfg.optimizer.warm_start:
+            study.enqueue_trial(point)
     return study
+
+
+def rdb_storage(cfg: SearchConfig, engine: dict[str, Any]) -> RDBStorage:
+    with warnings.catch_warnings():
+        # Optuna marks the heartbeat options experimental; they are its documented way to
+        # fail and retry the trials of a dead worker.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(
+            sqlalchemy_url(cfg.storage_url),
+            engine_kwargs=engine,
+            heartbeat_interval=cfg.heartbeat_s,
+            grace_period=2 * cfg.heartbeat_s,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                max_retry=cfg.max_retry
+            ),
+        )
+
+
+def sqlalchemy_url(url: str) -> str:
+    """`postgresql://` with the driver that is installed.
+
+    SQLAlchemy 2.1 reads a plain `postgresql://` as psycopg 3; the `distributed` extra installs
+    psycopg2 (binary wheels everywhere), so a plain URL names it unless psycopg 3 is present.
+    """
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 def fail_abandoned_trials(study: optuna.Study, grace_s: float) -> int:
@@ -97,6 +127,27 @@ def counted(trial: FrozenTrial) -> bool:
 def trials_done(study: optuna.Study) -> int:
     states = (TrialState.COMPLETE, TrialState.FAIL)
     return sum(counted(t) for t in study.get_trials(deepcopy=False, states=states))
+
+
+def budget_held(study: optuna.Study, before: int | None = None) -> int:
+    """Budget used or in use: counted trials plus RUNNING ones (of `before` lower numbers).
+
+    A RUNNING trial holds its place until it finishes, or until the heartbeat fails it (a dead
+    worker): then it no longer counts, and its retry takes the place. Trial numbers are
+    handed out by the storage in creation order, so "trials before mine" is one total order
+    for all workers: a trial is within budget iff budget_held(study, trial.number) < budget.
+    With `before`, WAITING trials (enqueued, e.g. a retry) hold their place too.
+    """
+    states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
+    held = 0
+    for t in study.get_trials(deepcopy=False, states=states):
+        if before is not None and t.number >= before:
+            continue
+        live = t.state == TrialState.RUNNING or (
+            before is not None and t.state == TrialState.WAITING
+        )
+        held += live or counted(t)
+    return held
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
