@@ -65,6 +65,7 @@ class _Input:
     model: str
     layer_start: int
     parameters: Parameters
+    path: str = ""  # recipe key path of the model entry, for messages
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class _Segment:
     length: int
     parameters: Parameters  # slice-level
     input_scale: float = 1.0  # data-flow scale of the hidden state entering the segment
+    has_base: bool = False  # the last input is the base model
 
 
 def plan_merge(recipe: Recipe, layouts: Mapping[str, ModelLayout]) -> MergePlan:
@@ -107,8 +109,12 @@ def plan_merge(recipe: Recipe, layouts: Mapping[str, ModelLayout]) -> MergePlan:
 
 def _segments(recipe: Recipe, method: Method, layouts: Mapping[str, ModelLayout]) -> list[_Segment]:
     if recipe.models:
-        base = recipe.base_model if method.needs_base else None
-        inputs = [_Input(m.model, 0, m.parameters) for m in recipe.models if m.model != base]
+        base = recipe.base_model if method.uses_base else None
+        inputs = [
+            _Input(m.model, 0, m.parameters, f"models[{i}]")
+            for i, m in enumerate(recipe.models)
+            if m.model != base
+        ]
         if base is not None:
             inputs.append(_Input(base, 0, {}))
         counts = {layouts[i.model].num_layers for i in inputs}
@@ -118,19 +124,23 @@ def _segments(recipe: Recipe, method: Method, layouts: Mapping[str, ModelLayout]
                 f"models: every model needs the same number of layers, got {detail}; "
                 "use `slices` with layer_range to combine different depths"
             )
-        return [_Segment("models", tuple(inputs), counts.pop(), {})]
+        return [_Segment("models", tuple(inputs), counts.pop(), {}, has_base=base is not None)]
     segments = []
     for i, s in enumerate(recipe.slices):
-        base = (s.base_model or recipe.base_model) if method.needs_base else None
+        base = (s.base_model or recipe.base_model) if method.uses_base else None
         for j, src in enumerate(s.sources):
             _check_range(src.layer_range, layouts[src.model], f"slices[{i}].sources[{j}]")
         inputs = [
-            _Input(x.model, x.layer_range[0], x.parameters) for x in s.sources if x.model != base
+            _Input(x.model, x.layer_range[0], x.parameters, f"slices[{i}].sources[{j}]")
+            for j, x in enumerate(s.sources)
+            if x.model != base
         ]
-        inputs += [_Input(x.model, x.layer_range[0], {}) for x in s.sources if x.model == base][:1]
+        bases = [_Input(x.model, x.layer_range[0], {}) for x in s.sources if x.model == base]
+        inputs += bases[:1]
         length = s.sources[0].layer_range[1] - s.sources[0].layer_range[0]
         scale = 1.0 if s.input_scale is None else s.input_scale
-        segments.append(_Segment(f"slices[{i}]", tuple(inputs), length, s.parameters, scale))
+        segment = _Segment(f"slices[{i}]", tuple(inputs), length, s.parameters, scale, bool(bases))
+        segments.append(segment)
     return segments
 
 
@@ -178,7 +188,7 @@ def _job(
     dtype = infos[0].dtype
     for info in infos[1:]:
         dtype = torch.promote_types(dtype, info.dtype)
-    has_base = method.needs_base
+    has_base = seg.has_base
     weighted = seg.inputs[:-1] if has_base else seg.inputs
     per_model = {
         name: tuple(
@@ -198,6 +208,13 @@ def _job(
         name: _resolve(name, param, [seg.parameters, recipe.parameters], out_name, t, None)
         for name, param in method.shared.items()
     }
+    if method.cross_check is not None:
+        for i, (item, inp) in enumerate(zip(weighted, inputs, strict=False)):
+            broken = method.cross_check({k: v[i] for k, v in per_model.items()})
+            if broken:
+                raise RecipeError(
+                    f"{item.path}.parameters: {broken} (model {item.model!r}, tensor {inp.name})"
+                )
     return TensorJob(out_name, infos[0].shape, dtype, tuple(inputs), has_base, per_model, shared)
 
 

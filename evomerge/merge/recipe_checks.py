@@ -66,9 +66,9 @@ def _has_parameter(name: str, scopes: Sequence[Parameters]) -> bool:
     return any(name in scope for scope in scopes)
 
 
-def _check_counts(method: Method, count: int, path: str) -> None:
+def _check_counts(method: Method, count: int, path: str, *, has_base: bool) -> None:
     low, high = method.min_models, method.max_models
-    besides = " besides the base" if method.needs_base else ""
+    besides = " besides the base" if has_base else ""
     if count < low or (high is not None and count > high):
         rule = (
             f"exactly {low}"
@@ -92,8 +92,9 @@ def _check_models_form(method: Method, recipe: Recipe) -> None:
     base = recipe.base_model
     if method.needs_base:
         base = _require_base(method, base, "base_model")
-    others = [m for m in recipe.models if m.model != base] if method.needs_base else recipe.models
-    _check_counts(method, len(others), "models")
+    uses_base = method.uses_base and base is not None
+    others = [m for m in recipe.models if m.model != base] if uses_base else recipe.models
+    _check_counts(method, len(others), "models", has_base=uses_base)
     for name, param in method.per_model.items():
         if param.default is not _required():
             continue
@@ -124,12 +125,14 @@ def _check_slice(method: Method, recipe: Recipe, index: int) -> None:
     base = s.base_model or recipe.base_model
     if method.needs_base:
         base = _require_base(method, base, f"{path}.base_model")
+    uses_base = method.uses_base and base is not None
+    if uses_base:
         if base not in names:
             raise RecipeError(
                 f"{path}.sources: the base model {base!r} must be one of the slice's sources"
             )
         names = [n for n in names if n != base]
-    _check_counts(method, len(names), f"{path}.sources")
+    _check_counts(method, len(names), f"{path}.sources", has_base=uses_base)
     for name, param in method.per_model.items():
         if param.default is not _required():
             continue

@@ -99,7 +99,7 @@ BAD_INPUTS = {
     "malformed_yaml": lambda f, t: ("merge_method: ties\nmodels: [", "malformed YAML"),
     "unknown_method": lambda f, t: (
         f"merge_method: frankenmerge\nmodels: [{{model: {f['a']}}}]",
-        "unknown merge method 'frankenmerge'; valid methods: breadcrumbs,",
+        "unknown merge method 'frankenmerge'; valid methods: arcee_fusion, breadcrumbs,",
     ),
     "missing_model": lambda f, t: (
         _ties(f["base"], t / "nowhere"),

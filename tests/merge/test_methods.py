@@ -9,12 +9,28 @@ import torch
 from evomerge.merge.methods import METHODS, REQUIRED, MergeArgs, Method
 
 NAMES = sorted(METHODS)
+# Methods with an optional base run both ways: on task vectors (`name+base`) and on raw tensors.
+CASES = sorted(
+    [n for n in NAMES if not METHODS[n].needs_base]
+    + [f"{n}+base" for n in NAMES if METHODS[n].uses_base]
+)
+# No parameter picks one model (a mixing weight, slerp's t, nearswap's t): for these, model k
+# is returned when every input equals it.
+SELECT_BY_EQUAL_INPUTS = {"model_stock", "karcher", "sce", "ram", "ramplus_tl"}
 
 
-def _inputs(method: Method, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+def _case(case: str) -> tuple[Method, bool]:
+    name, _, with_base = case.partition("+")
+    return METHODS[name], bool(with_base)
+
+
+def _inputs(
+    method: Method, seed: int = 0, *, with_base: bool | None = None
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     gen = torch.Generator().manual_seed(seed)
-    n = 1 if method.max_models == 1 else 3
-    base = torch.randn(6, 5, generator=gen) if method.needs_base else None
+    n = max(method.min_models, min(3, method.max_models or 3))
+    with_base = method.needs_base if with_base is None else with_base
+    base = torch.randn(6, 5, generator=gen) if with_base else None
     anchor = base if base is not None else torch.zeros(6, 5)
     return [anchor + 0.1 * torch.randn(6, 5, generator=gen) for _ in range(n)], base
 
@@ -39,21 +55,23 @@ def _selecting_args(method: Method, n: int, k: int) -> MergeArgs:
     args = _args(method, n)
     if method.name == "slerp":
         return MergeArgs(shared={"t": 1.0})
+    if method.name == "nearswap":  # t beyond every |base - x|: take x everywhere
+        return MergeArgs(shared={"t": 1e9})
     return args
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_shape_and_dtype_are_kept(name: str) -> None:
-    method = METHODS[name]
-    tensors, base = _inputs(method)
+@pytest.mark.parametrize("case", CASES)
+def test_shape_and_dtype_are_kept(case: str) -> None:
+    method, with_base = _case(case)
+    tensors, base = _inputs(method, with_base=with_base)
     out = method.fn(tensors, base, _args(method, len(tensors)))
     assert out.shape == tensors[0].shape and out.dtype == tensors[0].dtype
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_identical_inputs_give_the_input_back(name: str) -> None:
-    method = METHODS[name]
-    tensors, base = _inputs(method)
+@pytest.mark.parametrize("case", CASES)
+def test_identical_inputs_give_the_input_back(case: str) -> None:
+    method, with_base = _case(case)
+    tensors, base = _inputs(method, with_base=with_base)
     same = [tensors[0].clone() for _ in tensors]
     out = method.fn(
         same, tensors[0].clone() if base is not None else None, _args(method, len(same))
@@ -61,22 +79,24 @@ def test_identical_inputs_give_the_input_back(name: str) -> None:
     torch.testing.assert_close(out, tensors[0], rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_weight_one_on_one_model_gives_that_model(name: str) -> None:
-    method = METHODS[name]
-    tensors, base = _inputs(method)
+@pytest.mark.parametrize("case", CASES)
+def test_weight_one_on_one_model_gives_that_model(case: str) -> None:
+    method, with_base = _case(case)
+    tensors, base = _inputs(method, with_base=with_base)
     k = len(tensors) - 1
-    if method.name == "model_stock":  # no weights: every update equal to model k's
+    if method.name == "arcee_fusion":
+        pytest.skip("one model, kept where its changes matter: nothing selects it whole")
+    if method.name in SELECT_BY_EQUAL_INPUTS:
         tensors = [tensors[k].clone() for _ in tensors]
     out = method.fn(tensors, base, _selecting_args(method, len(tensors), k))
     torch.testing.assert_close(out, tensors[k], rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("kind", ["random", "zeros", "opposed"])
-def test_no_nan(name: str, kind: str) -> None:
-    method = METHODS[name]
-    tensors, base = _inputs(method)
+def test_no_nan(case: str, kind: str) -> None:
+    method, with_base = _case(case)
+    tensors, base = _inputs(method, with_base=with_base)
     if kind == "zeros":
         tensors = [torch.zeros_like(t) for t in tensors]
         base = torch.zeros_like(base) if base is not None else None
@@ -87,10 +107,10 @@ def test_no_nan(name: str, kind: str) -> None:
     assert not out.isnan().any()
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_deterministic_given_a_seed(name: str) -> None:
-    method = METHODS[name]
-    tensors, base = _inputs(method)
+@pytest.mark.parametrize("case", CASES)
+def test_deterministic_given_a_seed(case: str) -> None:
+    method, with_base = _case(case)
+    tensors, base = _inputs(method, with_base=with_base)
     n = len(tensors)
     first = method.fn(tensors, base, _args(method, n, seed=7, density=[0.5] * n))
     again = method.fn(tensors, base, _args(method, n, seed=7, density=[0.5] * n))
@@ -99,11 +119,17 @@ def test_deterministic_given_a_seed(name: str) -> None:
     assert torch.equal(first, other) != method.seeded  # only seeded methods depend on the seed
 
 
-def test_registry_declares_every_method_of_the_design() -> None:
+def test_registry_declares_every_method_of_mergekit() -> None:
     expected = {
         "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
-        "breadcrumbs_ties", "slerp", "passthrough", "model_stock",
+        "breadcrumbs_ties", "slerp", "passthrough", "model_stock", "della", "della_linear",
+        "nuslerp", "multislerp", "karcher", "sce", "ram", "ramplus_tl", "nearswap",
+        "arcee_fusion",
     }  # fmt: skip
     assert set(METHODS) == expected
-    assert {n for n, m in METHODS.items() if m.seeded} == {"dare_ties", "dare_linear"}
-    assert {n for n, m in METHODS.items() if m.needs_base} == expected - {"linear", "passthrough"}
+    seeded = {"dare_ties", "dare_linear", "della", "della_linear"}
+    assert {n for n, m in METHODS.items() if m.seeded} == seeded
+    optional = {"nuslerp", "multislerp"}
+    assert {n for n, m in METHODS.items() if m.optional_base} == optional
+    unused = {"linear", "passthrough", "karcher"}
+    assert {n for n, m in METHODS.items() if m.needs_base} == expected - optional - unused

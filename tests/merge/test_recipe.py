@@ -85,8 +85,10 @@ BAD = [
     ("- a\n- b", "a recipe must be a YAML mapping"),
     (
         "merge_method: tie\nmodels: [{model: a}]",
-        "merge_method: unknown merge method 'tie'; valid methods: breadcrumbs, breadcrumbs_ties,"
-        " dare_linear, dare_ties, linear, model_stock, passthrough, slerp, task_arithmetic, ties",
+        "merge_method: unknown merge method 'tie'; valid methods: arcee_fusion, breadcrumbs,"
+        " breadcrumbs_ties, dare_linear, dare_ties, della, della_linear, karcher, linear,"
+        " model_stock, multislerp, nearswap, nuslerp, passthrough, ram, ramplus_tl, sce, slerp,"
+        " task_arithmetic, ties",
     ),
     ("merge_method: linear", "give exactly one of `models` or `slices`"),
     (

@@ -1,0 +1,13 @@
+"""Merge methods: pure tensor functions and the one registry that names them.
+
+Each method receives the input tensors of one output tensor, already on the compute device in
+float32 (float64 stays float64), and returns the merged tensor. Methods with a base model get the
+non-base inputs in `tensors` and the base in `base`; the others get every input in `tensors`.
+Definitions follow mergekit 0.1.5 (same YAML names, parameters and defaults); the deliberate
+differences are listed in the README ("Merging").
+"""
+
+from evomerge.merge.methods.base import REQUIRED, MergeArgs, Method, MethodFn, Param
+from evomerge.merge.methods.registry import METHODS, get_method
+
+__all__ = ["METHODS", "REQUIRED", "MergeArgs", "Method", "MethodFn", "Param", "get_method"]

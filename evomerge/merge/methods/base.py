@@ -1,0 +1,104 @@
+"""What a merge method is: a pure tensor function, its declared parameters, its input contract."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from evomerge.errors import RecipeError
+
+if TYPE_CHECKING:
+    from evomerge.recipe import Recipe
+
+Tensor = torch.Tensor
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class MergeArgs:
+    """Resolved parameters for one output tensor.
+
+    per_model[name][i] belongs to tensors[i]; `generators` (seeded methods only) gives one
+    random source per non-base input, seeded from the random seed and the tensor name.
+    """
+
+    per_model: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    shared: Mapping[str, Any] = field(default_factory=dict)
+    generators: Sequence[Any] = ()
+
+
+MethodFn = Callable[[Sequence[Tensor], Tensor | None, MergeArgs], Tensor]
+# A rule across one input's resolved parameters (e.g. DELLA's density +/- epsilon): the
+# violated rule as text, or None.
+CrossCheck = Callable[[Mapping[str, Any]], str | None]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A declared parameter: its type, default (REQUIRED: none), and allowed closed range."""
+
+    kind: type  # float, int or bool
+    default: Any = REQUIRED
+    low: float | None = None
+    high: float | None = None
+    optional: bool = False  # None is a valid value (passthrough's scale)
+
+    def check(self, value: Any, path: str) -> None:
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise RecipeError(f"{path}: must be true or false, got {value!r}")
+            return
+        if self.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise RecipeError(f"{path}: must be an integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RecipeError(f"{path}: must be a number, got {value!r}")
+        if (self.low is not None and value < self.low) or (
+            self.high is not None and value > self.high
+        ):
+            raise RecipeError(f"{path}: must be {self.range_text()}, got {value!r}")
+
+    def range_text(self) -> str:
+        if self.high is None:
+            return f">= {self.low}"
+        if self.low is None:
+            return f"<= {self.high}"
+        return f"in [{self.low}, {self.high}]"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registry entry: YAML name, function, declared parameters and input contract.
+
+    Base model: `needs_base` methods require one; `optional_base` ones use it when the recipe
+    gives one (task vectors from it) and work on the raw tensors otherwise; the others do not
+    use it. Model counts are counted without the base.
+    """
+
+    name: str
+    fn: MethodFn
+    per_model: Mapping[str, Param]
+    shared: Mapping[str, Param]
+    needs_base: bool
+    optional_base: bool = False
+    min_models: int = 1
+    max_models: int | None = None
+    seeded: bool = False
+    reference: str = ""
+    cross_check: CrossCheck | None = None
+
+    @property
+    def parameters(self) -> Mapping[str, Param]:
+        return {**self.per_model, **self.shared}
+
+    @property
+    def uses_base(self) -> bool:
+        return self.needs_base or self.optional_base
+
+    def check_recipe(self, recipe: Recipe) -> None:
+        """Parameter names, types and ranges everywhere; base model and input counts."""
+        from evomerge.merge.recipe_checks import check_recipe_for_method
+
+        check_recipe_for_method(self, recipe)
