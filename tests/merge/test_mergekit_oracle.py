@@ -1,8 +1,9 @@
 """Oracle: the same recipe merged by mergekit 0.1.5 and by evomerge gives the same tensors.
 
 Deterministic methods must agree exactly, except slerp and model_stock (float summation order
-differs: 1e-6). DARE's masks come from different generators (mergekit: torch's global one), so
-dare_* are compared exactly at density 1 (same sign election and sums) and by invariants below 1.
+differs: 1e-6). Random drops (dare_*, della*) come from different generators (mergekit: torch's
+global one), so these are compared exactly at density 1 (same sign election and sums) and by
+invariants below 1.
 """
 
 import json
@@ -125,6 +126,90 @@ models:
   - {model: $a, parameters: {weight: 0.6}}
   - {model: $c, parameters: {weight: 0.9}}
 """,
+    "della_density_1": """
+merge_method: della
+base_model: $base
+models:
+  - {model: $a, parameters: {weight: 0.6, density: 1.0}}
+  - {model: $b, parameters: {weight: 0.9, density: 1.0, epsilon: 0.05}}
+""",
+    "nuslerp": """
+merge_method: nuslerp
+models:
+  - {model: $a, parameters: {weight: 0.3}}
+  - {model: $b, parameters: {weight: [0.2, 0.9]}}
+""",
+    "nuslerp_base_rows": """
+merge_method: nuslerp
+base_model: $base
+parameters: {nuslerp_flatten: false}
+models:
+  - {model: $a, parameters: {weight: 0.5}}
+  - {model: $c, parameters: {weight: 0.8}}
+""",
+    "nuslerp_base_row_wise": """
+merge_method: nuslerp
+base_model: $base
+parameters: {nuslerp_flatten: false, nuslerp_row_wise: true}
+models:
+  - {model: $a, parameters: {weight: 0.5}}
+  - {model: $b, parameters: {weight: 0.25}}
+""",
+    "multislerp": """
+merge_method: multislerp
+models:
+  - {model: $a, parameters: {weight: 0.2}}
+  - {model: $b, parameters: {weight: [0.3, 0.9]}}
+  - {model: $c, parameters: {weight: 0.5}}
+""",
+    "multislerp_base": """
+merge_method: multislerp
+base_model: $base
+parameters: {normalize_weights: false}
+models:
+  - {model: $a, parameters: {weight: 0.4}}
+  - {model: $b, parameters: {weight: 0.3}}
+  - {model: $c, parameters: {weight: 0.3}}
+""",
+    "karcher": """
+merge_method: karcher
+parameters: {max_iter: 20, tol: 1.0e-6}
+models: [{model: $a}, {model: $b}, {model: $c}]
+""",
+    "sce": """
+merge_method: sce
+base_model: $base
+models: [{model: $a}, {model: $b}, {model: $c}]
+""",
+    "sce_select_topk": """
+merge_method: sce
+base_model: $base
+parameters: {select_topk: 0.4}
+models: [{model: $a}, {model: $b}, {model: $c}]
+""",
+    "ram": """
+merge_method: ram
+base_model: $base
+parameters: {epsilon: 0.01}
+models: [{model: $a}, {model: $b}, {model: $c}]
+""",
+    "ramplus_tl": """
+merge_method: ramplus_tl
+base_model: $base
+parameters: {epsilon: 0.01, r: 0.5, alpha: 0.7}
+models: [{model: $a}, {model: $b}]
+""",
+    "nearswap": """
+merge_method: nearswap
+base_model: $base
+parameters: {t: [0.0005, 0.01]}
+models: [{model: $a}]
+""",
+    "arcee_fusion": """
+merge_method: arcee_fusion
+base_model: $base
+models: [{model: $b}]
+""",
     "qwen2_ties": """
 merge_method: ties
 base_model: $qbase
@@ -220,14 +305,18 @@ def _kept_and_scale(
     return kept / total, scales
 
 
-@pytest.mark.parametrize("method", ["dare_ties", "dare_linear"])
-def test_dare_invariants_match_mergekit(
+SEEDED = ["dare_ties", "dare_linear", "della", "della_linear"]
+
+
+@pytest.mark.parametrize("method", SEEDED)
+def test_random_drop_invariants_match_mergekit(
     method: str, models: dict[str, Path], tmp_path: Path
 ) -> None:
     density = 0.3
+    epsilon = ", epsilon: 0.2" if method.startswith("della") else ""
     text = _render(
         f"merge_method: {method}\nbase_model: $base\n"
-        f"models: [{{model: $a, parameters: {{weight: 1.0, density: {density}}}}}]\n",
+        f"models: [{{model: $a, parameters: {{weight: 1.0, density: {density}{epsilon}}}}}]\n",
         models,
     )
     # Not 1: the fixture drew model a's noise from torch's generator seeded 1, and mergekit's
@@ -237,9 +326,45 @@ def test_dare_invariants_match_mergekit(
     for merged in (ours, theirs):
         share, scales = _kept_and_scale(merged, models["base"], models["a"])
         assert abs(share - density) < 0.02  # ~19k entries: 5 sigma is about 0.017
-        # L1 rescaling keeps each task vector's norm: about 1/density per tensor.
+        # L1 rescaling keeps each task vector's norm: about 1/density per tensor (less for
+        # DELLA, which keeps large entries more often).
         assert scales and all(abs(s * density - 1) < 0.35 for s in scales)
     assert not torch.equal(ours["model.norm.weight"], theirs["model.norm.weight"])
+    again = _load(merge_to_disk(load_recipe(text), tmp_path / "again", MergeOptions(random_seed=1)))
+    other = _load(merge_to_disk(load_recipe(text), tmp_path / "other", MergeOptions(random_seed=2)))
+    assert all(torch.equal(ours[k], again[k]) for k in ours)  # reproducible with a seed
+    assert not all(torch.equal(ours[k], other[k]) for k in ours)
+
+
+@pytest.mark.parametrize("method", ["dare_ties", "della"])
+def test_random_drops_then_the_ties_sign_election(
+    method: str, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """The consensus merge of two models equals the election applied to each one's kept
+    delta, which the linear variant with a zero weight on the other model exposes (masks are
+    seeded by tensor name and input position, not by weight)."""
+    base, a, b = (f"{models[k]}" for k in ("base", "a", "b"))
+    linear = method.replace("ties", "linear") if "ties" in method else "della_linear"
+
+    def merge(name: str, wa: float, wb: float, out: str) -> dict[str, torch.Tensor]:
+        text = (
+            f"merge_method: {name}\nbase_model: {base}\nparameters: {{normalize: true}}\n"
+            f"models: [{{model: {a}, parameters: {{weight: {wa}, density: 0.5}}}}, "
+            f"{{model: {b}, parameters: {{weight: {wb}, density: 0.5}}}}]\n"
+        )
+        return _load(merge_to_disk(load_recipe(text), tmp_path / out, MergeOptions(random_seed=3)))
+
+    merged = merge(method, 1.0, 1.0, "ties")
+    kept_a, kept_b = merge(linear, 1.0, 0.0, "a"), merge(linear, 0.0, 1.0, "b")
+    origin = _load(models["base"])
+    for name, out in merged.items():
+        da, db = kept_a[name] - origin[name], kept_b[name] - origin[name]
+        positive = (da + db) >= 0
+        agree_a = torch.where(positive, da > 0, da < 0)
+        agree_b = torch.where(positive, db > 0, db < 0)
+        count = agree_a.float() + agree_b.float()
+        expected = (da * agree_a + db * agree_b) / count.clamp(min=1)
+        torch.testing.assert_close(out - origin[name], expected, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["task_arithmetic", "model_stock"])
