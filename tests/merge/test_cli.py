@@ -119,6 +119,56 @@ BAD_INPUTS = {
         f"merge_method: dare_ties\nmodels: [{{model: {f['a']}, parameters: {{weight: 1}}}}]",
         "base_model: dare_ties needs a base model; add `base_model: <model>`",
     ),
+    "nuslerp_three_models": lambda f, t: (
+        f"merge_method: nuslerp\nmodels: [{{model: {f['a']}, parameters: {{weight: 1}}}}, "
+        f"{{model: {f['b']}, parameters: {{weight: 1}}}}, {{model: {f['c']}, parameters: {{weight: 1}}}}]",
+        "models: nuslerp takes exactly 2 model(s), got 3",
+    ),
+    "nuslerp_base_outside_slice": lambda f, t: (
+        f"merge_method: nuslerp\nbase_model: {f['base']}\nparameters: {{weight: 1}}\n"
+        f"slices: [{{sources: [{{model: {f['a']}, layer_range: [0, 3]}}, "
+        f"{{model: {f['b']}, layer_range: [0, 3]}}]}}]",
+        f"slices[0].sources: the base model '{f['base']}' must be one of the slice's sources",
+    ),
+    "nearswap_without_base": lambda f, t: (
+        f"merge_method: nearswap\nparameters: {{t: 0.01}}\nmodels: [{{model: {f['a']}}}]",
+        "base_model: nearswap needs a base model; add `base_model: <model>`",
+    ),
+    "nearswap_negative_t": lambda f, t: (
+        f"merge_method: nearswap\nbase_model: {f['base']}\nparameters: {{t: -0.5}}\n"
+        f"models: [{{model: {f['a']}}}]",
+        "parameters.t: must be >= 0.0, got -0.5",
+    ),
+    "arcee_fusion_two_models": lambda f, t: (
+        f"merge_method: arcee_fusion\nbase_model: {f['base']}\n"
+        f"models: [{{model: {f['a']}}}, {{model: {f['b']}}}]",
+        "models: arcee_fusion takes exactly 1 model(s) besides the base, got 2",
+    ),
+    "della_epsilon_out_of_range": lambda f, t: (
+        f"merge_method: della\nbase_model: {f['base']}\n"
+        f"models: [{{model: {f['a']}, parameters: {{weight: 1, density: 0.5, epsilon: 0.7}}}}]",
+        "models[0].parameters.epsilon: must be in [0.0, 0.5], got 0.7",
+    ),
+    "della_density_minus_epsilon": lambda f, t: (
+        f"merge_method: della_linear\nbase_model: {f['base']}\n"
+        f"models: [{{model: {f['a']}, parameters: {{weight: 1, density: [0.5, 0.1]}}}}]",
+        "models[0].parameters: density - epsilon > 0 and density + epsilon < 1 must hold when "
+        "0 < density < 1, got density 0.1, epsilon 0.15",
+    ),
+    "sce_select_topk_out_of_range": lambda f, t: (
+        f"merge_method: sce\nbase_model: {f['base']}\nparameters: {{select_topk: 1.5}}\n"
+        f"models: [{{model: {f['a']}}}]",
+        "parameters.select_topk: must be in [0.0, 1.0], got 1.5",
+    ),
+    "karcher_fractional_max_iter": lambda f, t: (
+        f"merge_method: karcher\nparameters: {{max_iter: 2.5}}\nmodels: [{{model: {f['a']}}}]",
+        "parameters.max_iter: must be an integer, got 2.5",
+    ),
+    "ramplus_negative_r": lambda f, t: (
+        f"merge_method: ramplus_tl\nbase_model: {f['base']}\nparameters: {{r: -1}}\n"
+        f"models: [{{model: {f['a']}}}]",
+        "parameters.r: must be >= 0.0, got -1",
+    ),
     "incompatible_architectures": _incompatible,
     "unsupported_architecture": _unsupported,
     "pickle_refused": _pickle_only,
