@@ -1,4 +1,5 @@
-"""`python -m evomerge merge RECIPE OUT_DIR [options]`: build options, call merge_to_disk."""
+"""`python -m evomerge merge RECIPE OUT_DIR [options]`: build options, call merge_to_disk (or,
+for a multi-stage recipe file, merge_stages_to_disk)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from evomerge.merge.execute import MergeOptions, merge_to_disk
 from evomerge.merge.io import parse_size
-from evomerge.recipe import load_recipe
+from evomerge.merge.stages import load_stages, merge_stages_to_disk
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out-dtype", default=None, choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--keep-intermediates",
+        metavar="DIR",
+        default=None,
+        help="multi-stage recipes: keep each named stage's result in DIR/<name> "
+        "(default: a temporary directory, removed at the end)",
+    )
     return parser
 
 
@@ -48,6 +56,10 @@ def main(argv: list[str]) -> int:
         out_dtype=args.out_dtype,
         progress=not args.no_progress,
     )
-    out = merge_to_disk(load_recipe(Path(args.recipe)), args.out_dir, options)
+    stages = load_stages(Path(args.recipe))
+    if len(stages) == 1:
+        out = merge_to_disk(stages[0].recipe, args.out_dir, options)
+    else:
+        out = merge_stages_to_disk(stages, args.out_dir, options, keep=args.keep_intermediates)
     print(f"merged model written to {out}")
     return 0

@@ -1,0 +1,210 @@
+"""Multi-stage recipes, in mergekit-multi's format: several YAML documents in one file.
+
+Each document is a recipe with a `name`; a later recipe uses an earlier result by naming it
+where a model goes (`model:`, `base_model:`, `tokenizer_source:`). Stages run in dependency
+order (file order among independent ones). The final result is the unnamed document if there
+is one (at most one), else the last stage; the others are intermediates, written to a
+temporary directory beside OUT_DIR and removed at the end unless `keep` names a directory
+for them (`<keep>/<name>`). This is how a PS+DFS result exports as one file: the PS merge,
+then the layer path over it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evomerge.errors import MergeError, RecipeError
+from evomerge.merge.execute import MergeOptions, merge_to_disk
+from evomerge.recipe import Recipe, dump_recipe, parse_recipe
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str | None  # None: the unnamed final document
+    recipe: Recipe  # references to other stages are still their names
+
+
+def load_stages(source: str | Path) -> tuple[Stage, ...]:
+    """Parse every YAML document of a recipe file (or text); errors say which document."""
+    text = _read(source)
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"{source}: malformed YAML{at}: {problem}") from None
+    except RecursionError:
+        raise RecipeError(f"{source}: malformed YAML: nested too deeply") from None
+    except Exception as e:  # safe_load's constructors fail on bad tagged scalars: `!!int abc`
+        raise RecipeError(f"{source}: malformed YAML: bad tagged value ({e!r})") from None
+    if not documents:
+        raise RecipeError(f"{source}: no recipe in the file")
+    stages = []
+    for i, data in enumerate(documents):
+        # A plain one-document recipe keeps plain messages; documents are numbered from 1.
+        where = f"document {i + 1}" if len(documents) > 1 else str(source)
+        if not isinstance(data, Mapping):
+            raise RecipeError(
+                f"{where}: a recipe must be a YAML mapping, got {type(data).__name__}"
+            )
+        name = _stage_name(data.get("name"), where) if len(documents) > 1 else None
+        try:
+            recipe = parse_recipe(data)
+        except RecipeError as e:
+            if len(documents) == 1:
+                raise
+            raise RecipeError(f"{where}{f' ({name})' if name else ''}: {e}") from None
+        stages.append(Stage(name, recipe))
+    _check_names(stages)
+    return stage_order(stages)
+
+
+def stage_order(stages: Sequence[Stage]) -> tuple[Stage, ...]:
+    """Dependency order, file order among independent stages; the final stage last."""
+    by_name = {s.name: s for s in stages if s.name is not None}
+    done: list[Stage] = []
+    visiting: list[str] = []
+
+    def visit(stage: Stage) -> None:
+        if stage in done:
+            return
+        if stage.name in visiting:
+            cycle = " -> ".join([*visiting[visiting.index(stage.name) :], stage.name])
+            raise RecipeError(f"stages: circular use of results: {cycle}")
+        if stage.name is not None:
+            visiting.append(stage.name)
+        for ref in stage.recipe.referenced_models():
+            if ref in by_name:
+                visit(by_name[ref])
+        if stage.name is not None:
+            visiting.pop()
+        done.append(stage)
+
+    for stage in stages:
+        visit(stage)
+    unnamed = [s for s in done if s.name is None]
+    return tuple([s for s in done if s.name is not None] + unnamed)
+
+
+def merge_stages_to_disk(
+    stages: Sequence[Stage],
+    out_dir: str | Path,
+    options: MergeOptions | None = None,
+    *,
+    keep: str | Path | None = None,
+) -> Path:
+    """Run the stages in order; the final one becomes `out_dir` (which must not exist)."""
+    out = Path(out_dir)
+    if out.exists():
+        raise MergeError(f"{out}: already exists; choose a new OUT_DIR or remove it first")
+    _check_names(stages)
+    order = stage_order(stages)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".stages", dir=out.parent))
+    where = Path(keep) if keep is not None else work
+    try:
+        results: dict[str, str] = {}
+        for stage in order[:-1]:
+            assert stage.name is not None  # _check_names: only the final stage is unnamed
+            recipe = with_results(stage.recipe, results)
+            results[stage.name] = str(merge_to_disk(recipe, where / stage.name, options))
+        final = merge_to_disk(with_results(order[-1].recipe, results), work / "final", options)
+        (final / "README.md").write_text(_card(order))
+        final.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def with_results(recipe: Recipe, results: Mapping[str, str]) -> Recipe:
+    """The recipe with every use of an earlier stage's name replaced by its output path."""
+
+    def sub(ref: str | None) -> Any:
+        return results.get(ref, ref) if ref is not None else None
+
+    return replace(
+        recipe,
+        base_model=sub(recipe.base_model),
+        tokenizer_source=sub(recipe.tokenizer_source),
+        models=tuple(replace(m, model=sub(m.model)) for m in recipe.models),
+        slices=tuple(
+            replace(
+                s,
+                base_model=sub(s.base_model),
+                sources=tuple(replace(x, model=sub(x.model)) for x in s.sources),
+            )
+            for s in recipe.slices
+        ),
+    )
+
+
+def dump_stages(stages: Sequence[Stage]) -> str:
+    """The stages as one multi-document YAML text (loads back to the same stages)."""
+    parts = []
+    for stage in stages:
+        head = f"name: {stage.name}\n" if stage.name is not None else ""
+        parts.append(head + dump_recipe(stage.recipe))
+    return "---\n".join(parts)
+
+
+def _card(stages: Sequence[Stage]) -> str:
+    models = sorted(
+        {ref for s in stages for ref in s.recipe.referenced_models()}
+        - {s.name for s in stages if s.name is not None}
+    )
+    listed = "\n".join(f"- {ref}" for ref in models)
+    return (
+        "---\nlibrary_name: transformers\ntags:\n- merge\n- evomerge\n---\n"
+        f"# Merged model\n\nMerged with evomerge (`python -m evomerge merge`) in {len(stages)} "
+        f"stages; each stage names its result, which later stages use as a model. The recipe "
+        f"below reproduces it.\n\n## Source models\n\n{listed}\n\n"
+        f"## Recipe\n\n```yaml\n{dump_stages(stages)}```\n"
+    )
+
+
+def _read(source: str | Path) -> str:
+    if isinstance(source, Path) or ("\n" not in source and source.endswith((".yaml", ".yml"))):
+        try:
+            return Path(source).read_text(encoding="utf-8")
+        except OSError as e:
+            raise RecipeError(f"{source}: cannot read recipe: {e.strerror}") from None
+    return source
+
+
+def _stage_name(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise RecipeError(
+            f"{where}.name: must be letters, digits, '.', '_' or '-' (it names a directory), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _check_names(stages: Sequence[Stage]) -> None:
+    seen: set[str] = set()
+    unnamed = 0
+    for i, stage in enumerate(stages):
+        if stage.name is None:
+            unnamed += 1
+            if unnamed > 1:
+                raise RecipeError(
+                    f"document {i + 1}: only one document may be unnamed (the final merge); "
+                    "give the others a `name`"
+                )
+        elif stage.name in seen:
+            raise RecipeError(f"document {i + 1}.name: {stage.name!r} is used twice")
+        else:
+            seen.add(stage.name)
