@@ -24,6 +24,8 @@ class SourceCache:
         self._readers: dict[str, CheckpointReader] = {}
         self._layouts: dict[str, ModelLayout] = {}
         self._tensors: dict[tuple[str, str, str], torch.Tensor] = {}
+        # DARE's uniform draws, kept with preloaded sources (see sparsify.RandomDraws)
+        self.draws: dict[tuple[int, str], torch.Tensor] | None = {} if preload else None
 
     def directory(self, ref: str) -> Path:
         if ref not in self._dirs:

@@ -19,6 +19,7 @@ from evomerge.merge.io import ShardedWriter
 from evomerge.merge.methods import MergeArgs
 from evomerge.merge.output import write_extras
 from evomerge.merge.plan import MergePlan, TensorJob, plan_merge
+from evomerge.merge.sparsify import RandomDraws
 from evomerge.recipe import Recipe
 
 DTYPES = {
@@ -156,7 +157,7 @@ def _merged_tensors(
 
     jobs = tqdm(plan.jobs, desc="merging", unit="tensor", disable=not options.progress)
     for job in jobs:
-        result = run_job(plan, job, fetch, seed=seed, in_dtype=in_dtype)
+        result = run_job(plan, job, fetch, seed=seed, in_dtype=in_dtype, draws=cache.draws)
         yield job.name, result.to(_output_dtype(plan, job, options))
 
 
@@ -167,6 +168,7 @@ def run_job(
     *,
     seed: int,
     in_dtype: torch.dtype | None = None,
+    draws: dict[tuple[int, str], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One output tensor: read inputs, cast (recipe dtype, then float32 compute), merge."""
     tensors = [fetch(inp.model, inp.name) for inp in job.inputs]
@@ -179,9 +181,7 @@ def run_job(
     for i, t in enumerate(tensors):
         tensors[i] = t.to(in_dtype).to(compute) if in_dtype is not None else t.to(compute)
     base = tensors.pop() if job.has_base else None
-    generators = (
-        _generators(job, seed, len(tensors), tensors[0].device) if plan.method.seeded else ()
-    )
+    generators = _random_draws(job, seed, len(tensors), draws) if plan.method.seeded else ()
     args = MergeArgs(per_model=job.per_model, shared=job.shared, generators=generators)
     result = plan.method.fn(tensors, base, args)
     if result.isnan().any():
@@ -189,14 +189,14 @@ def run_job(
     return result
 
 
-def _generators(job: TensorJob, seed: int, n: int, device: torch.device) -> list[torch.Generator]:
-    """One generator per non-base input, seeded from (seed, tensor name, input index)."""
+def _random_draws(
+    job: TensorJob, seed: int, n: int, store: dict[tuple[int, str], torch.Tensor] | None
+) -> list[RandomDraws]:
+    """One draw source per non-base input, seeded from (seed, tensor name, input index)."""
     out = []
     for i in range(n):
         digest = hashlib.sha256(f"{seed}/{job.name}/{i}".encode()).digest()
-        gen = torch.Generator(device=device)
-        gen.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-        out.append(gen)
+        out.append(RandomDraws(int.from_bytes(digest[:8], "little") & (2**63 - 1), store))
     return out
 
 

@@ -25,7 +25,7 @@ def sparsify_(
     density: float,
     gamma: float = 0.0,
     rescale: bool = False,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RandomDraws | None = None,
 ) -> None:
     """In place: zero the dropped entries of `delta`; with `rescale`, restore its L1 norm."""
     if density >= 1:
@@ -59,7 +59,39 @@ def magnitude_mask(delta: Tensor, density: float) -> Tensor:
     return largest_mask(delta.abs(), k)
 
 
-def random_mask(delta: Tensor, density: float, generator: torch.Generator | None) -> Tensor:
+class RandomDraws:
+    """Seeded uniform draws for one input of one tensor, U ~ [0, 1) of the tensor's shape.
+
+    DARE keeps an entry iff U < density. The draws depend only on the seed (derived from the
+    recipe seed, tensor name and input index), not on the density, so with a `store` (the
+    search's preloaded source cache) they are drawn once and reused by every candidate: the
+    same candidate gets the same mask on disk and in memory, and a search's candidates share
+    their random numbers (common random numbers: fitness differences come from the genome).
+    Stored as float16 (2 bytes an entry; densities resolve to ~1e-3).
+    """
+
+    def __init__(self, seed: int, store: dict[tuple[int, str], Tensor] | None = None) -> None:
+        self.seed = seed
+        self.store = store
+
+    def uniform(self, like: Tensor) -> Tensor:
+        key = (self.seed, str(like.device))
+        cached = self.store.get(key) if self.store is not None else None
+        if cached is not None and cached.shape == like.shape:
+            return cached
+        gen = torch.Generator(device=like.device)
+        gen.manual_seed(self.seed)
+        draws = torch.rand(like.shape, generator=gen, device=like.device).to(torch.float16)
+        if self.store is not None:
+            self.store[key] = draws
+        return draws
+
+
+def random_mask(
+    delta: Tensor, density: float, generator: torch.Generator | RandomDraws | None
+) -> Tensor:
+    if isinstance(generator, RandomDraws):
+        return generator.uniform(delta) < density
     probabilities = torch.full_like(delta, density)
     return torch.bernoulli(probabilities, generator=generator)
 
