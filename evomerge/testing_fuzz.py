@@ -135,6 +135,21 @@ def recipe_dicts() -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
+def valid_recipe_dicts() -> st.SearchStrategy[dict[str, Any]]:
+    """Recipes that should parse: linear / task_arithmetic over 1-3 models, odd numbers kept."""
+    number = st.one_of(st.floats(-1e300, 1e300), st.integers(-(10**30), 10**30))
+    model = st.fixed_dictionaries(
+        {
+            "model": st.sampled_from(ODD_STRINGS[2:14]),
+            "parameters": st.fixed_dictionaries({"weight": number}),
+        }
+    )
+    return st.fixed_dictionaries(
+        {"merge_method": st.just("linear"), "models": st.lists(model, min_size=1, max_size=3)},
+        optional={"dtype": st.sampled_from(("float32", "bfloat16")), "random_seed": st.integers()},
+    )
+
+
 def _dump(data: Any) -> str:
     try:
         return yaml.safe_dump(data, allow_unicode=True)
@@ -144,7 +159,7 @@ def _dump(data: Any) -> str:
 
 def recipe_texts() -> st.SearchStrategy[str]:
     """YAML text: dumped recipe mappings, the same with bytes cut or spliced, and junk."""
-    dumped = recipe_dicts().map(_dump)
+    dumped = st.one_of(recipe_dicts(), valid_recipe_dicts()).map(_dump)
 
     def mutate(text: str, at: int, cut: int, insert: str) -> str:
         at %= len(text) + 1

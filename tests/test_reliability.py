@@ -1,0 +1,70 @@
+"""SIGKILL at random moments: a search resumes with nothing lost; a merge is all or nothing.
+
+Fast versions (a kill or two); scripts/reliability.py runs the same at full strength (20
+search kills, 10 merge kills) and the slow-marked tests below run it in between.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from evomerge.reliability import kill_merges, kill_search
+from evomerge.testing import make_tiny_llama
+
+SEARCH = [
+    "models.toy_size=small",
+    "optimizer=pycma",  # replays its generations from the seed: resume-exact (see README)
+    "optimizer.population_size=4",
+    "evaluator.limit=40",
+    "evaluator.batch_size=40",
+    "threads=1",
+    "heartbeat_s=1",
+    "score_test=false",
+]
+
+
+def merge_recipe(tmp_path: Path) -> Path:
+    base = make_tiny_llama(tmp_path / "base", seed=0, num_layers=4, hidden_size=64, shards=2)
+    other = make_tiny_llama(tmp_path / "other", seed=1, base=base, shards=2)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"merge_method: ties\nbase_model: {base}\nmodels:\n"
+        f"  - model: {other}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
+        f"  - model: {base}\n"
+    )
+    return recipe
+
+
+def check_merges(tmp_path: Path, kills: int) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    r = kill_merges(
+        merge_recipe(tmp_path), work, kills=kills, seed=1, extra=["--shard-size", "50KB"]
+    )
+    assert r.kills == kills and r.half_written == 0
+    assert r.absent + r.complete == kills
+
+
+def check_search(tmp_path: Path, kills: int, budget: int) -> None:
+    r = kill_search(tmp_path, SEARCH, budget=budget, kills=kills, seed=3)
+    assert r.kills == kills
+    assert r.completed_lost == 0 and r.counted == budget
+    assert r.same_best, (r.reference_best, r.killed_best)
+
+
+def test_merge_killed_at_random_moments_is_absent_or_complete(tmp_path):
+    check_merges(tmp_path, kills=2)
+
+
+def test_search_killed_and_resumed_equals_the_uninterrupted_run(toy_cache, tmp_path):
+    check_search(tmp_path, kills=1, budget=8)
+
+
+@pytest.mark.slow
+def test_merge_killed_ten_times(tmp_path):
+    check_merges(tmp_path, kills=10)
+
+
+@pytest.mark.slow
+def test_search_killed_twenty_times(toy_cache, tmp_path):
+    check_search(tmp_path, kills=20, budget=48)
