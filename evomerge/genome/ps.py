@@ -17,17 +17,27 @@ from typing import Any
 import numpy as np
 
 from evomerge.errors import ConfigError, RecipeError
+from evomerge.merge.methods import get_method
 from evomerge.recipe import Condition, ModelSpec, Recipe
 
-# Which per-model parameters each selectable method takes, in coordinate order.
+# Which per-model parameters each selectable method takes, in coordinate order. Other
+# parameters (DELLA's epsilon, lambda, ...) are fixed for the search in `space.parameters`.
 METHOD_PARAMETERS: dict[str, tuple[str, ...]] = {
     "dare_ties": ("weight", "density"),
     "ties": ("weight", "density"),
     "dare_linear": ("weight", "density"),
+    "della": ("weight", "density"),
+    "della_linear": ("weight", "density"),
     "task_arithmetic": ("weight",),
     "linear": ("weight",),
+    "sce": (),
 }
-NEEDS_BASE = {"dare_ties", "ties", "dare_linear", "task_arithmetic"}
+# Global parameters searched per layer group (one coordinate `<group>.<parameter>`, written as
+# top-level `{filter, value}` conditions), for methods whose knobs are not per model.
+# select_topk is a keep share, so it takes density_range.
+GROUP_PARAMETERS: dict[str, tuple[str, ...]] = {"sce": ("select_topk",)}
+NEEDS_BASE = {"dare_ties", "ties", "dare_linear", "della", "della_linear", "task_arithmetic", "sce"}
+DELLA_EPSILON = 0.15  # mergekit's default
 EMBED_FILTERS = ("model.embed_tokens",)
 HEAD_FILTERS = ("model.norm.", "lm_head")
 
@@ -90,10 +100,35 @@ class PSSpace:
         for key, rng in (("x0_weight", self.weight_range), ("x0_density", self.density_range)):
             if not rng[0] <= getattr(self, key) <= rng[1]:
                 raise ConfigError(f"space.{key}: must lie in {list(rng)}, got {getattr(self, key)}")
+        declared = get_method(self.method).parameters
+        for name in self.parameters:
+            if name not in declared:
+                raise ConfigError(
+                    f"space.parameters.{name}: not a parameter of {self.method} (valid: "
+                    f"{', '.join(sorted(declared))}); remove it (~space.parameters.{name})"
+                )
+        for name in GROUP_PARAMETERS.get(self.method, ()):
+            if name in self.parameters:
+                raise ConfigError(
+                    f"space.parameters.{name}: searched per layer group for {self.method}; "
+                    "remove it (its range is space.density_range)"
+                )
+        if self.method.startswith("della"):
+            eps = float(self.parameters.get("epsilon", DELLA_EPSILON))
+            if not (lo - eps > 0 and hi + eps < 1):
+                raise ConfigError(
+                    f"space.density_range: {self.method} needs density - epsilon > 0 and "
+                    f"density + epsilon < 1; with epsilon {eps:g} use a range inside "
+                    f"({eps:g}, {1 - eps:g}), got [{lo}, {hi}]"
+                )
 
     @property
     def parameter_names(self) -> tuple[str, ...]:
         return METHOD_PARAMETERS[self.method]
+
+    @property
+    def group_parameter_names(self) -> tuple[str, ...]:
+        return GROUP_PARAMETERS.get(self.method, ())
 
     @property
     def groups(self) -> tuple[Group, ...]:
@@ -109,12 +144,16 @@ class PSSpace:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """Coordinate names (the Optuna parameter names): `<group>.<model>.<parameter>`."""
-        return tuple(
+        """Coordinate names (the Optuna parameter names): `<group>.<model>.<parameter>`, then
+        `<group>.<parameter>` for per-group global parameters."""
+        per_model = tuple(
             f"{g.name}.{m}.{p}"
             for g in self.groups
             for m in self.model_names
             for p in self.parameter_names
+        )
+        return per_model + tuple(
+            f"{g.name}.{p}" for g in self.groups for p in self.group_parameter_names
         )
 
     @property
@@ -142,10 +181,13 @@ class PSSpace:
 
     def x0(self) -> np.ndarray:
         """The uniform merge as a point of the box."""
-        start = {"weight": self.x0_weight, "density": self.x0_density}
+        start = {"weight": self.x0_weight}  # densities and keep shares: x0_density
         return np.array(
             [
-                _to_unit(start[n.rsplit(".", 1)[1]], self.range_of(n.rsplit(".", 1)[1]))
+                _to_unit(
+                    start.get(n.rsplit(".", 1)[1], self.x0_density),
+                    self.range_of(n.rsplit(".", 1)[1]),
+                )
                 for n in self.names
             ]
         )
@@ -168,11 +210,18 @@ def decode(space: PSSpace, x: Sequence[float] | np.ndarray) -> Recipe:
                 for f in g.filters
             )
         models.append(ModelSpec(model=model, parameters=params))
+    shared: dict[str, Any] = dict(space.parameters)
+    for p in space.group_parameter_names:
+        shared[p] = tuple(
+            Condition(value=_from_unit(values[f"{g.name}.{p}"], space.range_of(p)), filter=f)
+            for g in space.groups
+            for f in g.filters
+        )
     return Recipe(
         merge_method=space.method,
         base_model=space.base_model if space.method in NEEDS_BASE else None,
         models=tuple(models),
-        parameters=dict(space.parameters),
+        parameters=shared,
         dtype=space.dtype,
         random_seed=space.random_seed,
     )
@@ -191,13 +240,17 @@ def encode(space: PSSpace, recipe: Recipe) -> np.ndarray:
     for g in space.groups:
         for i, spec in enumerate(recipe.models):
             for p in space.parameter_names:
-                v = _group_value(spec, p, g, f"models[{i}].parameters.{p}")
+                v = _group_value(spec.parameters, p, g, f"models[{i}].parameters.{p}")
                 out.append(_to_unit(v, space.range_of(p)))
+    for g in space.groups:
+        for p in space.group_parameter_names:
+            v = _group_value(recipe.parameters, p, g, f"parameters.{p}")
+            out.append(_to_unit(v, space.range_of(p)))
     return np.array(out)
 
 
-def _group_value(spec: ModelSpec, parameter: str, group: Group, path: str) -> float:
-    setting = spec.parameters.get(parameter)
+def _group_value(parameters: Mapping[str, Any], parameter: str, group: Group, path: str) -> float:
+    setting = parameters.get(parameter)
     if not isinstance(setting, tuple) or not all(isinstance(c, Condition) for c in setting):
         raise RecipeError(f"{path}: expected a list of {{filter, value}} entries")
     by_filter = {c.filter: c.value for c in setting if isinstance(c, Condition)}

@@ -19,7 +19,9 @@ def space(method="dare_ties", layers=4, k=1, n_models=2):
         num_layers=layers,
         method=method,
         layers_per_group=k,
-        parameters={"normalize": False},
+        parameters={} if method == "sce" else {"normalize": False},
+        # DELLA keeps density +/- epsilon (0.15) inside (0, 1)
+        density_range=(0.2, 0.8) if method.startswith("della") else (0.1, 1.0),
     )
 
 
@@ -132,3 +134,73 @@ def test_bad_spaces_are_config_errors(kwargs, message):
 def test_wrong_genome_length_is_an_error():
     with pytest.raises(ConfigError, match="genome: expected 24 coordinates"):
         decode(space(), np.zeros(3))
+
+
+@pytest.mark.parametrize("method", ["della", "della_linear", "sce"])
+def test_decoded_recipes_merge_into_a_live_model(method, tmp_path):
+    """The genome's recipe for each newly searchable method runs through the merge core."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from evomerge.merge import MergeOptions, SourceCache, merge_into_model, merge_to_disk
+    from evomerge.testing import make_tiny_llama
+
+    base = make_tiny_llama(tmp_path / "base", seed=0)
+    models = tuple(make_tiny_llama(tmp_path / f"m{i}", seed=i + 1, base=base) for i in range(2))
+    s = PSSpace(
+        base_model=str(base),
+        models=tuple(map(str, models)),
+        model_names=("m0", "m1"),
+        num_layers=2,
+        method=method,
+        parameters={"epsilon": 0.1} if method.startswith("della") else {"int8_mask": True},
+        density_range=(0.2, 0.8),
+    )
+    x = np.random.default_rng(0).random(s.dim)
+    recipe = load_recipe(dump_recipe(decode(s, x)))  # a plain, valid recipe
+    if method == "sce":
+        assert s.names == (
+            "embed.select_topk",
+            "layers.0.select_topk",
+            "layers.1.select_topk",
+            "head.select_topk",
+        )
+        assert len({c.value for c in recipe.parameters["select_topk"]}) == 4
+    model = AutoModelForCausalLM.from_pretrained(base)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    options = MergeOptions(random_seed=3)
+    merge_into_model(recipe, model, options, SourceCache(preload=True))
+    live = model.state_dict()
+    disk = AutoModelForCausalLM.from_pretrained(merge_to_disk(recipe, tmp_path / "out", options))
+    for name, tensor in disk.state_dict().items():
+        assert torch.equal(live[name], tensor), name
+    assert not torch.equal(
+        live["model.layers.0.mlp.up_proj.weight"], before["model.layers.0.mlp.up_proj.weight"]
+    )
+    np.testing.assert_allclose(encode(s, recipe), x, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs", "message"),
+    [
+        (
+            "della",
+            {},
+            r"space.density_range: della needs density - epsilon > 0 .* inside \(0.15, 0.85\)",
+        ),
+        (
+            "sce",
+            {"parameters": {"normalize": False}},
+            r"space.parameters.normalize: not a parameter of sce",
+        ),
+        (
+            "sce",
+            {"parameters": {"select_topk": 0.5}},
+            "space.parameters.select_topk: searched per layer group",
+        ),
+    ],
+)
+def test_new_methods_reject_spaces_they_cannot_merge(method, kwargs, message):
+    args = {"base_model": "/b", "models": ("/m0",), "model_names": ("m0",), "num_layers": 2}
+    with pytest.raises(ConfigError, match=message):
+        PSSpace(method=method, **(args | kwargs))
