@@ -174,11 +174,20 @@ def build_family(
             "models": models,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str) + "\n")
-        tmp.rename(out)
+        _rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_family(out)
+
+
+def _rename(tmp: Path, out: Path) -> None:
+    try:
+        tmp.rename(out)
+    except OSError as e:  # another process got there first (a non-empty directory)
+        if out.exists():
+            raise ConfigError(f"{out} already exists; remove it or choose another --out") from e
+        raise
 
 
 def ensure_family(

@@ -60,6 +60,24 @@ def test_crashed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_build_that_loses_the_race_uses_the_winner(
+    small_family: ToyFamily, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_rename = build._rename
+
+    def winner_first(tmp: Path, out: Path) -> None:
+        # another process renames its finished build into place just before this one does
+        out.mkdir()
+        (out / "family.json").write_text((small_family.root / "family.json").read_text())
+        real_rename(tmp, out)
+
+    monkeypatch.setattr(build, "_rename", winner_first)
+    monkeypatch.setattr(build, "_train_all", lambda *a: {})
+    family = ensure_family("small", cache_dir=tmp_path, threads=1)
+    assert family.manifest == small_family.manifest
+    assert [p.name for p in tmp_path.iterdir()] == [small_family.root.name]
+
+
 def test_errors_name_the_bad_value(tmp_path: Path, small_family: ToyFamily) -> None:
     with pytest.raises(ConfigError, match=r"size must be one of \['full', 'small'\], got 'tiny'"):
         build_family(tmp_path / "x", "tiny")
