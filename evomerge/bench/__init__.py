@@ -1,0 +1,1 @@
+"""Benchmarks against peer tools (used by scripts/bench_*.py; the logic lives here)."""

@@ -1,0 +1,264 @@
+"""Merge speed and memory against mergekit: same recipes, same checkpoints, one run.
+
+Each merge runs in a child process (as a user would run it); its wall time is measured from
+start to exit and its peak RSS by polling VmHWM (the high-water mark, so a short poll interval
+only misses growth in the last interval before exit) over the child and its descendants.
+Tools and methods are interleaved repetition by repetition, so background load on a shared
+machine hits both tools alike; figures are medians over repetitions.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from evomerge.merge.io import CheckpointReader
+
+METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "slerp")
+POLL_S = 0.02
+
+
+def recipe_text(method: str, base: Path, ft1: Path, ft2: Path, dtype: str) -> str:
+    """The same YAML for both tools (mergekit-compatible keys only)."""
+    head = f"merge_method: {method}\ndtype: {dtype}\n"
+    if method == "linear":
+        weighted = [(base, "{weight: 0.4}"), (ft1, "{weight: 0.3}"), (ft2, "{weight: 0.3}")]
+        return (
+            head
+            + "models:\n"
+            + "".join(f"  - {{model: {m}, parameters: {p}}}\n" for m, p in weighted)
+        )
+    if method == "slerp":
+        return (
+            head
+            + f"base_model: {base}\nparameters: {{t: 0.5}}\nmodels:\n  - model: {base}\n  - model: {ft1}\n"
+        )
+    params = "{weight: 0.5}" if method == "task_arithmetic" else "{weight: 0.5, density: 0.5}"
+    models = "".join(f"  - {{model: {m}, parameters: {params}}}\n" for m in (ft1, ft2))
+    return head + f"base_model: {base}\nmodels:\n{models}"
+
+
+@dataclass(frozen=True)
+class Run:
+    wall_s: float
+    peak_rss_mb: float
+
+
+def run_measured(cmd: Sequence[str], env: dict[str, str]) -> Run:
+    """Run `cmd` to completion; wall seconds and peak RSS (sum of VmHWM over the tree)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    root = psutil.Process(proc.pid)
+    peaks: dict[int, int] = {}
+    while proc.poll() is None:
+        try:
+            for p in [root, *root.children(recursive=True)]:
+                peaks[p.pid] = max(peaks.get(p.pid, 0), _hwm_kb(p.pid))
+        except (psutil.Error, OSError):
+            pass  # a process exited between listing and reading
+        time.sleep(POLL_S)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err}")
+    return Run(wall, sum(peaks.values()) / 1024)
+
+
+def _hwm_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def tool_commands(recipe: Path, out: Path, threads: int, seed: int = 0) -> dict[str, list[str]]:
+    """The two tools' command lines (CPU, one output shard at this size, same seed)."""
+    bindir = Path(sys.executable).parent
+    return {
+        "evomerge": [
+            sys.executable,
+            "-m",
+            "evomerge",
+            "merge",
+            str(recipe),
+            str(out / "evomerge"),
+            "--device",
+            "cpu",
+            "--random-seed",
+            str(seed),
+            "--no-progress",
+        ],
+        "mergekit": [
+            str(bindir / "mergekit-yaml"),
+            str(recipe),
+            str(out / "mergekit"),
+            "--no-cuda",
+            "--num-threads",
+            str(threads),
+            "--random-seed",
+            str(seed),
+            "--quiet",
+        ],
+    }
+
+
+def floor_command(inputs: Sequence[Path], out: Path) -> list[str]:
+    code = (
+        "import sys; from pathlib import Path; from evomerge.bench.merge import floor_copy; "
+        "floor_copy([Path(p) for p in sys.argv[1:-1]], Path(sys.argv[-1]))"
+    )
+    return [sys.executable, "-c", code, *map(str, inputs), str(out)]
+
+
+def floor_copy(inputs: Sequence[Path], out: Path) -> None:
+    """Read every tensor of every input with plain safetensors; write the first input's
+    tensors as one output of the same size (shard by shard, as the inputs are laid out)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True)
+    for shard in sorted(inputs[0].glob("*.safetensors")):
+        kept: dict[str, torch.Tensor] = {}
+        for i, model in enumerate(inputs):
+            with safe_open(model / shard.name, framework="pt") as f:
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            if i == 0:
+                kept = tensors
+            del tensors
+        save_file(kept, out / shard.name)
+        del kept
+
+
+def compare(evo: Path, mk: Path, base: Path) -> dict[str, float]:
+    """Max |evomerge - mergekit| over all tensors; and, per tool, the share of entries that
+    differ from the base and their mean |output - base| (DARE's invariants)."""
+    a, b, c = (CheckpointReader.open(p) for p in (evo, mk, base))
+    if set(a.names()) != set(b.names()):
+        raise RuntimeError(f"tensor names differ: {sorted(set(a.names()) ^ set(b.names()))[:5]}")
+    max_diff, n = 0.0, 0
+    changed = {"evomerge": 0, "mergekit": 0}
+    moved = {"evomerge": 0.0, "mergekit": 0.0}
+    for name in a.names():
+        x, y = a.read(name).float(), b.read(name).float()
+        max_diff = max(max_diff, float((x - y).abs().max()))
+        if name in c:
+            z = c.read(name).float()
+            for tool, t in (("evomerge", x), ("mergekit", y)):
+                d = (t - z).abs()
+                changed[tool] += int(torch.count_nonzero(d))
+                moved[tool] += float(d.sum(dtype=torch.float64))
+            n += z.numel()
+    out = {"max_abs_diff": max_diff}
+    for tool in changed:
+        out[f"{tool}_changed_share"] = changed[tool] / n
+        out[f"{tool}_mean_abs_delta"] = moved[tool] / n
+    return out
+
+
+def _env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[key] = str(threads)
+    env["TQDM_DISABLE"] = "1"
+    return env
+
+
+def warm_page_cache(models: Sequence[Path]) -> None:
+    """Read every weight file once so every run starts with the inputs in the page cache."""
+    for model in models:
+        for file in model.glob("*.safetensors"):
+            with open(file, "rb") as f:
+                while f.read(1 << 24):
+                    pass
+
+
+def run_benchmark(
+    models: tuple[Path, Path, Path],
+    work: Path,
+    *,
+    methods: Sequence[str] = METHODS,
+    repetitions: int = 3,
+    threads: int = 1,
+    dtype: str = "bfloat16",
+    log: Any = print,
+) -> dict[str, Any]:
+    """Interleaved runs of evomerge, mergekit (and the floor) per method; medians and diffs."""
+    import shutil
+
+    base = models[0]
+    env = _env(threads)
+    work.mkdir(parents=True, exist_ok=True)
+    recipes = {}
+    for method in methods:
+        recipes[method] = work / f"{method}.yaml"
+        recipes[method].write_text(recipe_text(method, *models, dtype))
+    warm_page_cache(models)
+    runs: dict[str, dict[str, list[Run]]] = {m: {"evomerge": [], "mergekit": []} for m in methods}
+    floor: list[Run] = []
+    diffs: dict[str, dict[str, float]] = {}
+    for rep in range(repetitions):
+        out = work / "floor"
+        shutil.rmtree(out, ignore_errors=True)
+        floor.append(run_measured(floor_command(models, out), env))
+        shutil.rmtree(out)
+        log(f"rep {rep} floor {floor[-1].wall_s:.1f} s")
+        for method in methods:
+            out = work / method
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            cmds = tool_commands(recipes[method], out, threads)
+            order = ["evomerge", "mergekit"] if rep % 2 == 0 else ["mergekit", "evomerge"]
+            for tool in order:
+                runs[method][tool].append(run_measured(cmds[tool], env))
+                r = runs[method][tool][-1]
+                log(f"rep {rep} {method} {tool} {r.wall_s:.1f} s {r.peak_rss_mb:.0f} MB")
+            if rep == 0:
+                diffs[method] = compare(out / "evomerge", out / "mergekit", base)
+                log(f"{method} diff {diffs[method]}")
+            shutil.rmtree(out)
+    return _summary(runs, floor, diffs, models, threads, dtype, repetitions)
+
+
+def _summary(
+    runs: dict[str, dict[str, list[Run]]],
+    floor: list[Run],
+    diffs: dict[str, dict[str, float]],
+    models: tuple[Path, Path, Path],
+    threads: int,
+    dtype: str,
+    repetitions: int,
+) -> dict[str, Any]:
+    def med(rs: list[Run]) -> dict[str, Any]:
+        return {
+            "median_wall_s": statistics.median(r.wall_s for r in rs),
+            "median_peak_rss_mb": statistics.median(r.peak_rss_mb for r in rs),
+            "wall_s": [round(r.wall_s, 2) for r in rs],
+            "peak_rss_mb": [round(r.peak_rss_mb) for r in rs],
+        }
+
+    floor_s = statistics.median(r.wall_s for r in floor)
+    methods = {}
+    for method, by_tool in runs.items():
+        row = {tool: med(rs) for tool, rs in by_tool.items()}
+        evo, mk = row["evomerge"]["median_wall_s"], row["mergekit"]["median_wall_s"]
+        methods[method] = {**row, "speedup": mk / evo, "vs_floor": evo / floor_s, **diffs[method]}
+    sizes = [sum(f.stat().st_size for f in m.glob("*.safetensors")) for m in models]
+    return {
+        "inputs": [str(m) for m in models],
+        "input_gb_each": sizes[0] / 1e9,
+        "recipe_dtype": dtype,
+        "threads": threads,
+        "repetitions": repetitions,
+        "floor": med(floor),
+        "methods": methods,
+    }
