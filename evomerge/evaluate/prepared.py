@@ -53,7 +53,7 @@ def run_requests(
             by_type[inst.request_type].append(inst)
     for reqtype, reqs in by_type.items():
         cloned = [r for r in reqs for _ in range(r.repeats)]
-        for resp, req in zip(getattr(lm, reqtype)(cloned), cloned, strict=True):
+        for resp, req in zip(getattr(lm, reqtype)(cloned, disable_tqdm=True), cloned, strict=True):
             req.resps.append(resp)
     results: RawResults = {}
     samples: dict[str, list[dict[str, Any]]] = {}
