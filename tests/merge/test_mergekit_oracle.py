@@ -133,6 +133,14 @@ models:
   - {model: $a, parameters: {weight: 0.6, density: 1.0}}
   - {model: $b, parameters: {weight: 0.9, density: 1.0, epsilon: 0.05}}
 """,
+    "della_linear_density_1": """
+merge_method: della_linear
+base_model: $base
+parameters: {normalize: true, lambda: 0.9}
+models:
+  - {model: $a, parameters: {weight: 0.6}}
+  - {model: $c, parameters: {weight: [0.9, 0.3]}}
+""",
     "nuslerp": """
 merge_method: nuslerp
 models:
