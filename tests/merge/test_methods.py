@@ -133,3 +133,61 @@ def test_registry_declares_every_method_of_mergekit() -> None:
     assert {n for n, m in METHODS.items() if m.optional_base} == optional
     unused = {"linear", "passthrough", "karcher"}
     assert {n for n, m in METHODS.items() if m.needs_base} == expected - optional - unused
+
+
+# --- the documented differences from mergekit (README, "Merging") ----------------------------
+
+
+def test_multislerp_without_a_direction_gives_the_weighted_linear_combination() -> None:
+    """Every task vector zero (a tensor no fine-tune changed): the base back, for 3 models too
+    (mergekit raises there)."""
+    method = METHODS["multislerp"]
+    base = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    same = [base.clone() for _ in range(3)]
+    out = method.fn(same, base, _args(method, 3))
+    torch.testing.assert_close(out, base)
+    a = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    args = _args(method, 3, weight=[0.25, 0.25, 0.5])  # a and -a balance, the third is zero
+    out = method.fn([a, -a, torch.zeros_like(a)], None, args)
+    torch.testing.assert_close(out, torch.zeros_like(a))
+
+
+def test_della_keeps_a_one_entry_row_with_probability_density() -> None:
+    method = METHODS["della_linear"]
+    base = torch.zeros(4000, 1)  # rows of one entry: no magnitude rank within the row
+    x = torch.ones(4000, 1)
+    args = _args(method, 1, density=[0.3], epsilon=[0.2])
+    args = MergeArgs(
+        per_model=args.per_model,
+        shared={**args.shared, "rescale": False},
+        generators=[torch.Generator().manual_seed(5)],
+    )
+    kept = method.fn([x], base, args).mean().item()
+    assert abs(kept - 0.3) < 0.03  # 4000 draws: 4 sigma is about 0.03
+
+
+def test_della_keeps_large_entries_more_often() -> None:
+    method = METHODS["della_linear"]
+    x = torch.arange(1, 1001, dtype=torch.float32).repeat(400, 1)  # (400, 1000) rows of ranks
+    args = _args(method, 1, density=[0.5], epsilon=[0.4])
+    args = MergeArgs(
+        per_model=args.per_model,
+        shared={**args.shared, "rescale": False},
+        generators=[torch.Generator().manual_seed(2)],
+    )
+    kept = (method.fn([x], torch.zeros_like(x), args) != 0).float().mean(dim=0)  # per column
+    assert abs(kept[:100].mean().item() - 0.14) < 0.02  # p runs 0.1 -> 0.9 over the ranks
+    assert abs(kept[-100:].mean().item() - 0.86) < 0.02
+    assert abs(kept.mean().item() - 0.5) < 0.01
+
+
+def test_arcee_fusion_keeps_the_upper_outliers_of_importance() -> None:
+    method = METHODS["arcee_fusion"]
+    gen = torch.Generator().manual_seed(4)
+    base = torch.randn(50, 40, generator=gen)
+    x = base + 0.01 * torch.randn(50, 40, generator=gen)
+    x[7, 3] += 5.0  # one large change in one row: the only important entry there
+    out = method.fn([x], base, MergeArgs())
+    changed = out != base
+    assert changed[7, 3] and changed.float().mean() < 0.2
+    torch.testing.assert_close(out[changed], x[changed])
