@@ -157,8 +157,11 @@ def _merged_tensors(
 
     jobs = tqdm(plan.jobs, desc="merging", unit="tensor", disable=not options.progress)
     for job in jobs:
-        result = run_job(plan, job, fetch, seed=seed, in_dtype=in_dtype, draws=cache.draws)
-        yield job.name, result.to(_output_dtype(plan, job, options))
+        out_dtype = _output_dtype(plan, job, options)
+        result = run_job(
+            plan, job, fetch, seed=seed, in_dtype=in_dtype, draws=cache.draws, out_dtype=out_dtype
+        )
+        yield job.name, result.to(out_dtype)
 
 
 def run_job(
@@ -169,11 +172,18 @@ def run_job(
     seed: int,
     in_dtype: torch.dtype | None = None,
     draws: dict[tuple[int, str], torch.Tensor] | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """One output tensor: read inputs, cast (recipe dtype, then float32 compute), merge."""
+    """One output tensor: read inputs, cast (recipe dtype, then float32 compute), merge.
+
+    The result is in the compute dtype, or in `out_dtype` when given (entry-wise methods then
+    round block by block, never holding the whole tensor in float32).
+    """
     tensors = [fetch(inp.model, inp.name) for inp in job.inputs]
     if not all(t.is_floating_point() for t in tensors):
         return _agreed_buffer(job, tensors)
+    if plan.method.name in ENTRYWISE and tensors[0].dim() > 0 and tensors[0].numel() > BLOCK:
+        return _run_blockwise(plan, job, tensors, in_dtype, out_dtype)
     # Inputs are rounded to the recipe's dtype (as mergekit does), then merged in float32
     # (float64 stays) and rounded once at the end. One at a time, to free each original early.
     first = in_dtype or tensors[0].dtype
@@ -187,6 +197,38 @@ def run_job(
     if result.isnan().any():
         raise MergeError(f"merging {job.name} with {plan.method.name} produced NaN")
     return result
+
+
+# Methods whose output entry depends only on the same entry of the inputs (no norm, top-k,
+# L1 rescale or random draw over the whole tensor): merged in row blocks they give the same
+# bits, while the float32 copies (one per input, plus the sum) shrink from whole tensors to
+# one block, which cuts peak memory and keeps the arithmetic in cache.
+ENTRYWISE = frozenset({"linear", "task_arithmetic"})
+BLOCK = 1 << 20  # entries per block: 4 MB per float32 copy
+
+
+def _run_blockwise(
+    plan: MergePlan,
+    job: TensorJob,
+    tensors: list[torch.Tensor],
+    in_dtype: torch.dtype | None,
+    out_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    first = in_dtype or tensors[0].dtype
+    compute = torch.float64 if first == torch.float64 else torch.float32
+    if in_dtype is not None:
+        tensors = [t.to(in_dtype) for t in tensors]
+    rows = max(1, BLOCK // max(1, tensors[0][0].numel()))
+    out = torch.empty(tensors[0].shape, dtype=out_dtype or compute, device=tensors[0].device)
+    args = MergeArgs(per_model=job.per_model, shared=job.shared)
+    for start in range(0, out.shape[0], rows):
+        block = [t[start : start + rows].to(compute) for t in tensors]
+        base = block.pop() if job.has_base else None
+        merged = plan.method.fn(block, base, args)
+        if merged.isnan().any():
+            raise MergeError(f"merging {job.name} with {plan.method.name} produced NaN")
+        out[start : start + rows] = merged
+    return out
 
 
 def _random_draws(
