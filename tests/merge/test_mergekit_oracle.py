@@ -163,6 +163,14 @@ models:
   - {model: $a, parameters: {weight: 0.5}}
   - {model: $b, parameters: {weight: 0.25}}
 """,
+    "nuslerp_slices_base": """
+merge_method: nuslerp
+base_model: $base
+parameters: {weight: 1.0}
+slices:
+  - sources: [{model: $base, layer_range: [0, 2]}, {model: $a, layer_range: [0, 2]}, {model: $b, layer_range: [1, 3], parameters: {weight: 0.5}}]
+  - sources: [{model: $c, layer_range: [2, 3]}, {model: $base, layer_range: [2, 3]}, {model: $a, layer_range: [2, 3]}]
+""",
     "multislerp": """
 merge_method: multislerp
 models:

@@ -112,3 +112,18 @@ def test_bad_multi_stage_recipes_exit_2_and_write_nothing(
 def test_a_stage_name_is_checked_before_any_work(family: dict[str, Path]) -> None:
     with pytest.raises(RecipeError, match=r"document 1\.name: must be letters"):
         load_stages(f"name: 'a b'\n{_stage_one(family)}---\n{_stage_two(family, 'ab')}")
+
+
+def test_a_ps_merge_then_a_layer_path_over_it(family: dict[str, Path], tmp_path: Path) -> None:
+    """A PS+DFS result as one file: the PS merge, then a data-flow path using it by name."""
+    path = (
+        "merge_method: passthrough\nslices:\n"
+        "  - sources: [{model: ps, layer_range: [0, 2]}]\n"
+        f"  - sources: [{{model: {family['a']}, layer_range: [1, 3]}}]\n    input_scale: 0.8\n"
+    )
+    text = f"name: ps\n{_stage_one(family)}---\n{path}"
+    out = merge_stages_to_disk(load_stages(text), tmp_path / "out")
+    ps = merge_to_disk(load_recipe(_stage_one(family)), tmp_path / "ps")
+    hand = merge_to_disk(load_recipe(path.replace("model: ps", f"model: {ps}")), tmp_path / "hand")
+    ours, theirs = _load(out), _load(hand)
+    assert len(ours) == len(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
