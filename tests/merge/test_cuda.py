@@ -41,3 +41,35 @@ def test_cuda_dare_is_reproducible(family: dict[str, Path], tmp_path: Path) -> N
     first = load_file(merge_to_disk(recipe, tmp_path / "one", options) / "model.safetensors")
     second = load_file(merge_to_disk(recipe, tmp_path / "two", options) / "model.safetensors")
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+NEW_METHODS = {
+    "nuslerp": "parameters: {nuslerp_flatten: false}\nmodels: [{model: $a, parameters: {weight: 0.4}}, {model: $b, parameters: {weight: 0.6}}]",
+    "multislerp": "models: [{model: $a, parameters: {weight: 0.4}}, {model: $b, parameters: {weight: 0.6}}]",
+    "karcher": "models: [{model: $a}, {model: $b}]",
+    "sce": "parameters: {select_topk: 0.5}\nmodels: [{model: $a}, {model: $b}]",
+    "ram": "parameters: {epsilon: 0.01}\nmodels: [{model: $a}, {model: $b}]",
+    "ramplus_tl": "parameters: {epsilon: 0.01}\nmodels: [{model: $a}, {model: $b}]",
+    "nearswap": "parameters: {t: 0.01}\nmodels: [{model: $a}]",
+    "arcee_fusion": "models: [{model: $a}]",
+}
+
+
+def new_method_recipe(family: dict[str, Path], method: str) -> str:
+    body = NEW_METHODS[method].replace("$a", str(family["a"])).replace("$b", str(family["b"]))
+    return f"merge_method: {method}\nbase_model: {family['base']}\n{body}\n"
+
+
+@pytest.mark.parametrize("method", sorted(NEW_METHODS))
+def test_cuda_new_methods_match_cpu(method: str, family: dict[str, Path], tmp_path: Path) -> None:
+    recipe = load_recipe(new_method_recipe(family, method))
+    cpu = load_file(merge_to_disk(recipe, tmp_path / "cpu") / "model.safetensors")
+    gpu = load_file(
+        merge_to_disk(recipe, tmp_path / "gpu", MergeOptions(device="cuda")) / "model.safetensors"
+    )
+    # sce and arcee_fusion select entries by comparing float reductions (variances, KL
+    # divergences) with a threshold: last-bit differences may flip an entry at the boundary.
+    allowed = 1e-3 if method in ("sce", "arcee_fusion") else 0.0
+    for name in cpu:
+        off = (gpu[name] - cpu[name]).abs() > 1e-5 + 1e-5 * cpu[name].abs()
+        assert off.float().mean().item() <= allowed, name
