@@ -7,7 +7,6 @@ operation order so float32 results agree); the deliberate differences are listed
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
@@ -91,7 +90,12 @@ def sign_agreement(deltas: Tensor) -> Tensor:
 
 
 def della_prune_(
-    delta: Tensor, density: float, epsilon: float, *, rescale: bool, generator: Any
+    delta: Tensor,
+    density: float,
+    epsilon: float,
+    *,
+    rescale: bool,
+    generator: torch.Generator | sparsify.RandomDraws | None,
 ) -> None:
     """In place: DELLA's MagPrune. Keep probability density - eps + 2 eps r, r in [0, 1].
 
@@ -122,9 +126,9 @@ def della_prune_(
             rows.mul_(before / after)
 
 
-def uniform_draws(source: Any, like: Tensor) -> Tensor:
-    """U ~ [0, 1) shaped like `like`, from a seeded draw source or a torch.Generator."""
-    if hasattr(source, "uniform"):
+def uniform_draws(source: torch.Generator | sparsify.RandomDraws | None, like: Tensor) -> Tensor:
+    """U ~ [0, 1) shaped like `like`, from the merge's seeded draws or a torch.Generator."""
+    if isinstance(source, sparsify.RandomDraws):
         return source.uniform(like)
     return torch.rand(like.shape, generator=source, device=like.device, dtype=like.dtype)
 
