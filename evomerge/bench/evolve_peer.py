@@ -9,7 +9,8 @@ the record):
   (mergekit's actors.py names `lm_eval.models.vllm_causallms.VLLM` at import; vLLM is a GPU
   package and is not installed), to find the next blocker.
 - `fake_gpu`: also starts Ray with one advertised GPU (`ray.init(num_gpus=1)`), since every
-  evaluation strategy asks Ray for `num_gpus=1` per actor or task; merges stay on CPU.
+  evaluation strategy asks Ray for `num_gpus=1` per actor or task, and registers the stub in
+  each Ray worker too (a setup hook); merges stay on CPU.
 The stubs live only in the child process; nothing in mergekit or lm-eval is modified.
 """
 
@@ -24,13 +25,25 @@ from typing import Any
 
 STAGES = ("as_installed", "vllm_stub", "fake_gpu")
 
-_STUB = (
-    "import sys, types, lm_eval.models as m; "
-    "mod = types.ModuleType('lm_eval.models.vllm_causallms'); mod.VLLM = type('VLLM', (), {}); "
-    "sys.modules[mod.__name__] = mod; m.vllm_causallms = mod; "
+_STUB = "from evomerge.bench.evolve_peer import stub_vllm_module; stub_vllm_module(); "
+# Ray workers import mergekit afresh, so they need the stub too: Ray runs this hook in each.
+_FAKE_GPU = (
+    "import ray; ray.init(num_gpus=1, include_dashboard=False, runtime_env={"
+    "'worker_process_setup_hook': 'evomerge.bench.evolve_peer.stub_vllm_module'}); "
 )
-_FAKE_GPU = "import ray; ray.init(num_gpus=1, include_dashboard=False); "
 _MAIN = "from mergekit.scripts.evolve import main; sys.argv[0] = 'mergekit-evolve'; main()"
+
+
+def stub_vllm_module() -> None:
+    """Register an empty `lm_eval.models.vllm_causallms` (with a `VLLM` class) in this process."""
+    import types
+
+    import lm_eval.models
+
+    module = types.ModuleType("lm_eval.models.vllm_causallms")
+    module.VLLM = type("VLLM", (), {})  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    lm_eval.models.vllm_causallms = module
 
 
 def evolve_config(family: Path, task: str, limit: int | None) -> str:
