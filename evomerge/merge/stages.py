@@ -119,7 +119,8 @@ def merge_stages_to_disk(
             assert stage.name is not None  # _check_names: only the final stage is unnamed
             recipe = with_results(stage.recipe, results)
             results[stage.name] = str(merge_to_disk(recipe, where / stage.name, options))
-        final = merge_to_disk(with_results(order[-1].recipe, results), work / "final", options)
+        # `.result` cannot be a stage name (names start with a letter or digit)
+        final = merge_to_disk(with_results(order[-1].recipe, results), work / ".result", options)
         (final / "README.md").write_text(_card(order))
         final.rename(out)
     finally:

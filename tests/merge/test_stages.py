@@ -36,8 +36,11 @@ def _load(directory: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def test_two_stages_equal_the_stages_run_by_hand(family: dict[str, Path], tmp_path: Path) -> None:
-    text = f"name: ab\n{_stage_one(family)}---\n{_stage_two(family, 'ab')}"
+@pytest.mark.parametrize("name", ["ab", "final"])
+def test_two_stages_equal_the_stages_run_by_hand(
+    name: str, family: dict[str, Path], tmp_path: Path
+) -> None:
+    text = f"name: {name}\n{_stage_one(family)}---\n{_stage_two(family, name)}"
     out = merge_stages_to_disk(load_stages(text), tmp_path / "out", MergeOptions())
     ab = merge_to_disk(load_recipe(_stage_one(family)), tmp_path / "hand" / "ab")
     hand = merge_to_disk(load_recipe(_stage_two(family, str(ab))), tmp_path / "hand" / "out")
@@ -45,7 +48,7 @@ def test_two_stages_equal_the_stages_run_by_hand(family: dict[str, Path], tmp_pa
     assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hand", "out"]  # intermediates gone
     card = (out / "README.md").read_text()
-    assert "name: ab" in card and "model: ab" in card and "2 stages" in card
+    assert f"name: {name}" in card and f"model: {name}" in card and "2 stages" in card
     assert load_stages(card.split("```yaml\n")[1].split("```")[0]) == load_stages(text)
 
 
