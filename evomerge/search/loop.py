@@ -94,20 +94,37 @@ def run_search(cfg: SearchConfig, *, progress: bool = True) -> dict[str, Any]:
         ) as bar,
     ):
         while trials_done(study) < budget and not stop.requested:
-            fail_abandoned_trials(study, grace_s=2 * cfg.heartbeat_s)
+            # The heartbeat starts right after a trial is created; only a worker killed in
+            # between leaves a trial it never covers. A long grace keeps this from failing a
+            # live worker that is slow to its first parameter (a busy machine, a slow sampler).
+            fail_abandoned_trials(study, grace_s=max(10 * cfg.heartbeat_s, 60))
             if budget_held(study) >= budget:
                 # The rest of the budget is running on other workers, or on a dead one until
                 # its heartbeat expires: then its trial fails and its genome is retried here.
                 optuna.storages.fail_stale_trials(study)
                 time.sleep(min(cfg.heartbeat_s, 2))
                 continue
-            study.optimize(
-                lambda trial: objective(trial, space, scorer, worker, budget),
-                n_trials=1,
-                catch=(CandidateError,),
-            )
+            try:
+                study.optimize(
+                    lambda trial: objective(trial, space, scorer, worker, budget),
+                    n_trials=1,
+                    catch=(CandidateError,),
+                )
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as e:
+                if not taken_over(e):
+                    raise
+                # Another worker saw this one's heartbeat go stale (a stalled machine) and
+                # failed the trial; its retry evaluates the genome. Nothing is counted twice.
+                tqdm.write(f"{worker}: trial failed by another worker ({e}); going on")
             best_number = record(cfg, study, space, bar, best_number)
     return finish(cfg, study, space, scorer)
+
+
+def taken_over(e: Exception) -> bool:
+    """Optuna's error for writing to (or telling) a trial that is already finished."""
+    return isinstance(e, optuna.exceptions.UpdateFinishedTrialError) or str(e).startswith(
+        "Cannot tell a FAIL trial"
+    )
 
 
 def objective(
