@@ -1,7 +1,8 @@
 """SIGKILL at random moments: a search resumes with nothing lost; a merge is all or nothing.
 
-Fast versions (a kill or two); scripts/reliability.py runs the same at full strength (20
-search kills, 10 merge kills) and the slow-marked tests below run it in between.
+The merge check runs in the default suite (two kills); the search checks start several search
+processes each and are marked slow; scripts/reliability.py runs both at full strength (20
+search kills, 10 merge kills).
 """
 
 from pathlib import Path
@@ -56,6 +57,7 @@ def test_merge_killed_at_random_moments_is_absent_or_complete(tmp_path):
     check_merges(tmp_path, kills=2)
 
 
+@pytest.mark.slow  # ~30 s idle (three processes); the default suite has test_search's kill -9
 def test_search_killed_and_resumed_equals_the_uninterrupted_run(toy_cache, tmp_path):
     check_search(tmp_path, kills=1, budget=8)
 
