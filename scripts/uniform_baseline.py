@@ -20,7 +20,7 @@ from evomerge.recipe import parse_recipe
 from evomerge.toy import ensure_family
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy_grid import grid  # noqa: E402
+from toy_grid import grid
 
 FIT, TEST = "toy_mgsm_ja_fit", "toy_mgsm_ja"
 
@@ -44,8 +44,10 @@ def main() -> None:
         rows[name] = {FIT: res[FIT]["acc"], TEST: res[TEST]["acc"]}
         print(f"{name:28s} fitness {rows[name][FIT]:.3f}  test {rows[name][TEST]:.3f}", flush=True)
     best = max(rows, key=lambda k: rows[k][FIT])
-    print(f"best on the fitness split: {best}: fitness {rows[best][FIT]:.3f}, "
-          f"test {rows[best][TEST]:.3f}")
+    print(
+        f"best on the fitness split: {best}: fitness {rows[best][FIT]:.3f}, "
+        f"test {rows[best][TEST]:.3f}"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": rows, "best_by_fitness": best}, indent=2) + "\n")
 
