@@ -30,7 +30,9 @@ def main() -> None:
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     os.environ.setdefault("TQDM_DISABLE", "1")
     out = measure_overhead(cfg, candidates=args.candidates)
-    out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    out["machine"] = (
+        f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    )
     out["config"] = args.overrides
     width = max(map(len, out))
     for key, value in out.items():
