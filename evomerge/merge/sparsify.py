@@ -30,6 +30,12 @@ def sparsify_(
     """In place: zero the dropped entries of `delta`; with `rescale`, restore its L1 norm."""
     if density >= 1:
         return
+    before = delta.abs().sum() if rescale else None
+    if method == "random" and isinstance(generator, RandomDraws):
+        # the dropped entries directly (U >= density): one pass fewer than ~keep
+        delta.masked_fill_(generator.uniform(delta) >= density, 0.0)
+        _restore_l1_(delta, before)
+        return
     if method == "magnitude":
         mask = magnitude_mask(delta, density)
     elif method == "random":
@@ -38,17 +44,22 @@ def sparsify_(
         mask = outlier_mask(delta, density, gamma)
     else:
         raise ValueError(f"unknown sparsification {method!r}")
-    before = delta.abs().sum() if rescale else None
     if mask.dtype == torch.bool:
         delta.masked_fill_(~mask, 0.0)  # as delta * mask, up to the sign of zeros; faster
     else:
         delta.mul_(mask)
     del mask
-    if before is not None:
-        after = delta.abs().sum()
-        # Nearly empty task vectors are left unscaled rather than blown up (as mergekit).
-        if before >= 1e-7 and after >= 1e-7:
-            delta.mul_(before / after)
+    _restore_l1_(delta, before)
+
+
+def _restore_l1_(delta: Tensor, before: Tensor | None) -> None:
+    """With `before` (the L1 norm before dropping), scale the survivors back to it."""
+    if before is None:
+        return
+    after = delta.abs().sum()
+    # Nearly empty task vectors are left unscaled rather than blown up (as mergekit).
+    if before >= 1e-7 and after >= 1e-7:
+        delta.mul_(before / after)
 
 
 def magnitude_mask(delta: Tensor, density: float) -> Tensor:
