@@ -12,7 +12,6 @@ reports its RSS after imports, before merging.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import subprocess
@@ -20,75 +19,26 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from evomerge.bench import checkpoints
+from evomerge.merge.io import parse_size
 
-from evomerge.merge.io import ShardedWriter, parse_size
-from evomerge.testing import tiny_config, write_tiny_tokenizer
-
-# ~540M parameters: 1.07 GB in bfloat16, 2.1 GB in float32.
-SHAPE = {"num_layers": 9, "hidden_size": 2048, "vocab_size": 32000}
-INTERMEDIATE = 5632
-NOISE = 0.002  # fine-tune-sized deltas relative to 0.02-scale weights
+# ~540M parameters: 1.07 GB in bfloat16, 2.1 GB in float32 (the benchmark family's layout,
+# TinyLlama widths, at 9 layers).
+NUM_LAYERS = 9
 
 
 def config_for(dtype: str) -> dict:
-    config = tiny_config(
-        "llama", SHAPE["num_layers"], SHAPE["hidden_size"], SHAPE["vocab_size"], False
-    )
-    config.update(intermediate_size=INTERMEDIATE, num_attention_heads=16, num_key_value_heads=4)
-    config.update(head_dim=SHAPE["hidden_size"] // 16, dtype=dtype)
+    config = checkpoints.config_for(1, dtype)
+    config["num_hidden_layers"] = NUM_LAYERS
     return config
 
 
-def tensor_shapes(config: dict) -> list[tuple[str, tuple[int, ...]]]:
-    h, i, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
-    kv = config["num_key_value_heads"] * config["head_dim"]
-    shapes = [("model.embed_tokens.weight", (v, h))]
-    for layer in range(config["num_hidden_layers"]):
-        p = f"model.layers.{layer}."
-        shapes += [
-            (p + "input_layernorm.weight", (h,)),
-            (p + "self_attn.q_proj.weight", (h, h)),
-            (p + "self_attn.k_proj.weight", (kv, h)),
-            (p + "self_attn.v_proj.weight", (kv, h)),
-            (p + "self_attn.o_proj.weight", (h, h)),
-            (p + "post_attention_layernorm.weight", (h,)),
-            (p + "mlp.gate_proj.weight", (i, h)),
-            (p + "mlp.up_proj.weight", (i, h)),
-            (p + "mlp.down_proj.weight", (h, i)),
-        ]
-    return [*shapes, ("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
-
-
-def _generator(seed: int, name: str) -> torch.Generator:
-    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-
-
 def generate(path: Path, *, seed: int, dtype: str, base_seed: int | None) -> Path:
-    """Stream one checkpoint to `path` (skipped when it exists: the rename marks completion)."""
-    if path.exists():
-        return path
-    tmp = path.with_name(path.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    """One checkpoint of the benchmark family's generator (cached: skipped when it exists)."""
     config = config_for(dtype)
-    torch_dtype = getattr(torch, dtype)
-    layout = [(name, shape, torch_dtype) for name, shape in tensor_shapes(config)]
-    writer = ShardedWriter(tmp, parse_size("500MB"), layout)
-    for name, shape in tensor_shapes(config):
-        scale, offset = (0.1, 1.0) if name.endswith("norm.weight") else (0.02, 0.0)
-        first_seed = seed if base_seed is None else base_seed
-        tensor = offset + scale * torch.randn(shape, generator=_generator(first_seed, name))
-        if base_seed is not None:
-            tensor += NOISE * torch.randn(shape, generator=_generator(seed, name))
-        writer.add(name, tensor.to(torch_dtype))
-        del tensor
-    writer.finish()
-    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    write_tiny_tokenizer(tmp, 64)
-    tmp.rename(path)
-    return path
+    return checkpoints.generate(
+        path, config, seed=seed, base_seed=base_seed, shard_size=parse_size("500MB")
+    )
 
 
 def _status_kb(field: str) -> int:
@@ -156,7 +106,7 @@ def main() -> None:
         subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
     )
     sizes = [sum(f.stat().st_size for f in p.glob("*.safetensors")) for p in (base, *tuned)]
-    largest = max(_numel(s) for _, s in tensor_shapes(config_for(args.dtype)))
+    largest = max(_numel(s) for _, s in checkpoints.tensor_shapes(config_for(args.dtype)))
     report = {
         "method": args.method,
         "dtype": args.dtype,
