@@ -124,18 +124,8 @@ _IGNORED_TOP_KEYS = ("name", "chat_template")
 
 def load_recipe(source: str | Path) -> Recipe:
     """Parse a recipe from a YAML file path or from YAML text (yaml.safe_load only)."""
-    text, where = _read_source(source)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError(f"{where}: malformed YAML{at}: {problem}") from None
-    except RecursionError:
-        raise RecipeError(f"{where}: malformed YAML: nested too deeply") from None
-    except Exception as e:  # safe_load's constructors fail on bad tagged scalars: `!!int abc`
-        raise RecipeError(f"{where}: malformed YAML: bad tagged value ({e!r})") from None
+    text, where = read_source(source)
+    data = safe_load_yaml(text, where)
     if not isinstance(data, Mapping):
         raise RecipeError(f"{where}: a recipe must be a YAML mapping, got {type(data).__name__}")
     return parse_recipe(data)
@@ -186,7 +176,25 @@ def parse_recipe(data: Mapping[str, Any]) -> Recipe:
 # --- parsing helpers -------------------------------------------------------------------------
 
 
-def _read_source(source: str | Path) -> tuple[str, str]:
+def safe_load_yaml(text: str, where: str, *, documents: bool = False) -> Any:
+    """yaml.safe_load (or every document, with `documents`), any failure a RecipeError."""
+    try:
+        if documents:
+            return list(yaml.safe_load_all(text))
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"{where}: malformed YAML{at}: {problem}") from None
+    except RecursionError:
+        raise RecipeError(f"{where}: malformed YAML: nested too deeply") from None
+    except Exception as e:  # safe_load's constructors fail on bad tagged scalars: `!!int abc`
+        raise RecipeError(f"{where}: malformed YAML: bad tagged value ({e!r})") from None
+
+
+def read_source(source: str | Path) -> tuple[str, str]:
+    """(YAML text, where to say it came from): a .yaml/.yml path is read, other text is used."""
     if isinstance(source, Path) or ("\n" not in source and source.endswith((".yaml", ".yml"))):
         path = Path(source)
         try:

@@ -19,11 +19,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from evomerge.errors import MergeError, RecipeError
 from evomerge.merge.execute import MergeOptions, merge_to_disk
-from evomerge.recipe import Recipe, dump_recipe, parse_recipe
+from evomerge.recipe import Recipe, dump_recipe, parse_recipe, read_source, safe_load_yaml
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -36,24 +34,14 @@ class Stage:
 
 def load_stages(source: str | Path) -> tuple[Stage, ...]:
     """Parse every YAML document of a recipe file (or text); errors say which document."""
-    text = _read(source)
-    try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError(f"{source}: malformed YAML{at}: {problem}") from None
-    except RecursionError:
-        raise RecipeError(f"{source}: malformed YAML: nested too deeply") from None
-    except Exception as e:  # safe_load's constructors fail on bad tagged scalars: `!!int abc`
-        raise RecipeError(f"{source}: malformed YAML: bad tagged value ({e!r})") from None
+    text, place = read_source(source)
+    documents = [d for d in safe_load_yaml(text, place, documents=True) if d is not None]
     if not documents:
-        raise RecipeError(f"{source}: no recipe in the file")
+        raise RecipeError(f"{place}: no recipe in the file")
     stages = []
     for i, data in enumerate(documents):
         # A plain one-document recipe keeps plain messages; documents are numbered from 1.
-        where = f"document {i + 1}" if len(documents) > 1 else str(source)
+        where = f"document {i + 1}" if len(documents) > 1 else place
         if not isinstance(data, Mapping):
             raise RecipeError(
                 f"{where}: a recipe must be a YAML mapping, got {type(data).__name__}"
@@ -172,15 +160,6 @@ def _card(stages: Sequence[Stage]) -> str:
         f"below reproduces it.\n\n## Source models\n\n{listed}\n\n"
         f"## Recipe\n\n```yaml\n{dump_stages(stages)}```\n"
     )
-
-
-def _read(source: str | Path) -> str:
-    if isinstance(source, Path) or ("\n" not in source and source.endswith((".yaml", ".yml"))):
-        try:
-            return Path(source).read_text(encoding="utf-8")
-        except OSError as e:
-            raise RecipeError(f"{source}: cannot read recipe: {e.strerror}") from None
-    return source
 
 
 def _stage_name(value: Any, where: str) -> str | None:
