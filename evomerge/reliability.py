@@ -163,6 +163,23 @@ class MergeKills:
     seconds_per_merge: float = 0.0
 
 
+def ties_recipe(root: Path, *, num_layers: int, hidden_size: int, shards: int) -> Path:
+    """A TIES recipe over two generated tiny Llamas (a base and a noisy copy) under `root`."""
+    from evomerge.testing import make_tiny_llama
+
+    base = make_tiny_llama(
+        root / "base", seed=0, num_layers=num_layers, hidden_size=hidden_size, shards=shards
+    )
+    other = make_tiny_llama(root / "other", seed=1, base=base, shards=shards)
+    recipe = root / "recipe.yaml"
+    recipe.write_text(
+        f"merge_method: ties\nbase_model: {base}\nmodels:\n"
+        f"  - model: {other}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
+        f"  - model: {base}\n"
+    )
+    return recipe
+
+
 def directory_digest(path: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(path.rglob("*")):

@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from hypothesis import HealthCheck, given, settings
 
 from evomerge.errors import MergeError, RecipeError
-from evomerge.reliability import as_dict, kill_merges, kill_search
+from evomerge.reliability import as_dict, kill_merges, kill_search, ties_recipe
 from evomerge.testing import make_tiny_llama
 from evomerge.testing_fuzz import check_recipe_text, recipe_texts
 from evomerge.toy import ensure_family
@@ -59,14 +59,7 @@ def search_figures(root: Path, samplers: list[str], kills: int, budget: int) -> 
 
 
 def merge_figures(root: Path, kills: int) -> dict:
-    base = make_tiny_llama(root / "base", seed=0, num_layers=8, hidden_size=256, shards=4)
-    other = make_tiny_llama(root / "other", seed=1, base=base, shards=4)
-    recipe = root / "recipe.yaml"
-    recipe.write_text(
-        f"merge_method: ties\nbase_model: {base}\nmodels:\n"
-        f"  - model: {other}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
-        f"  - model: {base}\n"
-    )
+    recipe = ties_recipe(root, num_layers=8, hidden_size=256, shards=4)
     r = kill_merges(recipe, root, kills=kills, seed=0, extra=["--shard-size", "2MB"])
     print(
         f"merge kills={r.kills} absent={r.absent} complete={r.complete} "

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from evomerge.reliability import kill_merges, kill_search
-from evomerge.testing import make_tiny_llama
+from evomerge.reliability import kill_merges, kill_search, ties_recipe
 
 SEARCH = [
     "models.toy_size=small",
@@ -24,23 +23,15 @@ SEARCH = [
 ]
 
 
-def merge_recipe(tmp_path: Path) -> Path:
-    base = make_tiny_llama(tmp_path / "base", seed=0, num_layers=4, hidden_size=64, shards=2)
-    other = make_tiny_llama(tmp_path / "other", seed=1, base=base, shards=2)
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(
-        f"merge_method: ties\nbase_model: {base}\nmodels:\n"
-        f"  - model: {other}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
-        f"  - model: {base}\n"
-    )
-    return recipe
-
-
 def check_merges(tmp_path: Path, kills: int) -> None:
     work = tmp_path / "work"
     work.mkdir()
     r = kill_merges(
-        merge_recipe(tmp_path), work, kills=kills, seed=1, extra=["--shard-size", "50KB"]
+        ties_recipe(tmp_path, num_layers=4, hidden_size=64, shards=2),
+        work,
+        kills=kills,
+        seed=1,
+        extra=["--shard-size", "50KB"],
     )
     assert r.kills == kills and r.half_written == 0
     assert r.absent + r.complete == kills
