@@ -9,7 +9,7 @@ shadow model and its tensors are pushed into the engine with `reload_weights`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,8 +33,11 @@ class Backend(Protocol):
         """The torch model the merge core writes candidates into."""
         ...
 
-    def commit_weights(self) -> None:
-        """Check the target's new weights and make them the ones the engine evaluates."""
+    def commit_weights(self, finite: Collection[str] = ()) -> None:
+        """Check the target's new weights and make them the ones the engine evaluates.
+
+        `finite` names tensors already known to be finite (the merge checked them).
+        """
         ...
 
     def guard(self) -> ForwardGuard | None: ...
@@ -97,8 +100,9 @@ class HFBackend:
             self._guard = ForwardGuard(self.model)
         return self._guard
 
-    def commit_weights(self) -> None:
-        check_finite_weights(iter(self.model.state_dict().items()))
+    def commit_weights(self, finite: Collection[str] = ()) -> None:
+        unchecked = ((n, t) for n, t in self.model.state_dict().items() if n not in finite)
+        check_finite_weights(unchecked)
 
     def set_model(self, model: torch.nn.Module) -> None:
         """Evaluate a different module from now on (e.g. a data-flow path model)."""
@@ -155,7 +159,7 @@ class VLLMBackend:
     def guard(self) -> None:
         return None  # vLLM runs its own kernels; NaN weights are caught before the push
 
-    def commit_weights(self) -> None:
+    def commit_weights(self, finite: Collection[str] = ()) -> None:
         shadow = self.target
         tied = bool(getattr(shadow.config, "tie_word_embeddings", False))
         named = [
@@ -163,7 +167,7 @@ class VLLMBackend:
             for name, t in shadow.state_dict().items()
             if not (tied and name.startswith("lm_head."))
         ]
-        check_finite_weights(iter(named))
+        check_finite_weights((n, t) for n, t in named if n not in finite)
         push_weights(self.lm.model, named)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -55,7 +55,7 @@ class ForwardGuard:
         self._handle.remove()
 
 
-def check_finite_weights(named: Iterator[tuple[str, torch.Tensor]]) -> None:
+def check_finite_weights(named: Iterable[tuple[str, torch.Tensor]]) -> None:
     """Raise CandidateFailed("nan") naming the first tensor holding NaN or inf."""
     for name, t in named:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):

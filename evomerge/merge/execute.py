@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from evomerge.errors import MergeError
 from evomerge.merge.architecture import check_compatible
 from evomerge.merge.cache import SourceCache
 from evomerge.merge.io import ShardedWriter
-from evomerge.merge.methods import MergeArgs
+from evomerge.merge.methods import MergeArgs, TaskVector
 from evomerge.merge.output import write_extras
 from evomerge.merge.plan import MergePlan, TensorJob, plan_merge
 from evomerge.merge.sparsify import RandomDraws
@@ -65,7 +65,7 @@ def merge_to_disk(recipe: Recipe, out_dir: str | Path, options: MergeOptions | N
     try:
         layout = [(job.name, job.shape, _output_dtype(plan, job, options)) for job in plan.jobs]
         writer = ShardedWriter(tmp, options.shard_size, layout)
-        for name, tensor in _merged_tensors(plan, cache, device, options):
+        for name, tensor, _ in _merged_tensors(plan, cache, device, options):
             writer.add(name, tensor)
         writer.finish()
         write_extras(plan, cache, tmp, _out_dtype_name(plan, options))
@@ -81,13 +81,17 @@ def merge_into_model(
     model: torch.nn.Module,
     options: MergeOptions | None = None,
     cache: SourceCache | None = None,
-) -> None:
+) -> frozenset[str]:
     """Write the merged tensors into `model`'s parameters and buffers in place (no disk writes).
 
     The numbers equal merge_to_disk's for the same recipe and options. Pass one SourceCache
     (preload=True to keep source tensors in memory) across calls to avoid re-reading. Checks
     that need no weights run first; an error while merging (e.g. NaN) leaves the model partly
     overwritten, so treat it as unusable until the next successful merge.
+
+    Returns the names of the written tensors known to be finite (every merged tensor is
+    checked; one holding inf, or converted to a narrower dtype on writing, is not listed), so
+    a caller that needs finite weights checks only the rest.
     """
     options = options or MergeOptions()
     cache = cache or SourceCache()
@@ -98,8 +102,9 @@ def merge_into_model(
     if missing:
         raise MergeError(f"the model has no parameter or buffer for merged tensors {missing[:5]}")
     written = set()
+    finite = set()
     with torch.no_grad():
-        for name, tensor in _merged_tensors(plan, cache, device, options):
+        for name, tensor, is_finite in _merged_tensors(plan, cache, device, options):
             target = targets[name]
             if target.shape != tensor.shape:
                 raise MergeError(
@@ -108,9 +113,12 @@ def merge_into_model(
                 )
             target.copy_(tensor)
             written.add(name)
+            if is_finite and target.dtype == tensor.dtype:
+                finite.add(name)
     unwritten = [name for name, _ in model.named_parameters() if name not in written]
     if unwritten:
         raise MergeError(f"the merge left model parameters unwritten: {unwritten[:5]}")
+    return frozenset(finite)
 
 
 def _device(options: MergeOptions) -> torch.device:
@@ -147,39 +155,36 @@ def _output_dtype(plan: MergePlan, job: TensorJob, options: MergeOptions) -> tor
 
 def _merged_tensors(
     plan: MergePlan, cache: SourceCache, device: torch.device, options: MergeOptions
-) -> Iterator[tuple[str, torch.Tensor]]:
+) -> Iterator[tuple[str, torch.Tensor, bool]]:
+    """(name, merged tensor in its output dtype, whether every entry is finite) per job."""
     recipe = plan.recipe
     seed = options.random_seed if options.random_seed is not None else recipe.random_seed or 0
     in_dtype = DTYPES[recipe.dtype] if recipe.dtype else None
-
-    def fetch(model: str, name: str) -> torch.Tensor:
-        return cache.tensor(model, name, device)
-
     jobs = tqdm(plan.jobs, desc="merging", unit="tensor", disable=not options.progress)
     for job in jobs:
         out_dtype = _output_dtype(plan, job, options)
         result = run_job(
-            plan, job, fetch, seed=seed, in_dtype=in_dtype, draws=cache.draws, out_dtype=out_dtype
-        )
-        yield job.name, result.to(out_dtype)
+            plan, job, cache, device, seed=seed, in_dtype=in_dtype, out_dtype=out_dtype
+        ).to(out_dtype)
+        yield job.name, result, _check_finite(plan, job, result)
 
 
 def run_job(
     plan: MergePlan,
     job: TensorJob,
-    fetch: Callable[[str, str], torch.Tensor],
+    cache: SourceCache,
+    device: torch.device,
     *,
     seed: int,
     in_dtype: torch.dtype | None = None,
-    draws: dict[tuple[int, str], torch.Tensor] | None = None,
     out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """One output tensor: read inputs, cast (recipe dtype, then float32 compute), merge.
 
     The result is in the compute dtype, or in `out_dtype` when given (entry-wise methods then
-    round block by block, never holding the whole tensor in float32).
+    round block by block, never holding the whole tensor in float32). Not checked for NaN.
     """
-    tensors = [fetch(inp.model, inp.name) for inp in job.inputs]
+    tensors = [cache.tensor(inp.model, inp.name, device) for inp in job.inputs]
     if not all(t.is_floating_point() for t in tensors):
         return _agreed_buffer(job, tensors)
     if plan.method.name in ENTRYWISE and tensors[0].dim() > 0 and tensors[0].numel() > BLOCK:
@@ -188,15 +193,64 @@ def run_job(
     # (float64 stays) and rounded once at the end. One at a time, to free each original early.
     first = in_dtype or tensors[0].dtype
     compute = torch.float64 if first == torch.float64 else torch.float32
-    for i, t in enumerate(tensors):
-        tensors[i] = t.to(in_dtype).to(compute) if in_dtype is not None else t.to(compute)
-    base = tensors.pop() if job.has_base else None
-    generators = _random_draws(job, seed, len(tensors), draws) if plan.method.seeded else ()
-    args = MergeArgs(per_model=job.per_model, shared=job.shared, generators=generators)
-    result = plan.method.fn(tensors, base, args)
-    if result.isnan().any():
+    vectors: tuple[TaskVector, ...] = ()
+    if plan.method.takes_task_vectors:
+        vectors = _task_vectors(job, tensors, cache, in_dtype, compute)
+    if vectors:  # the search: only the base is needed besides the kept task vectors
+        base: torch.Tensor | None = _cast(tensors[-1], in_dtype, compute)
+        tensors = []
+    else:
+        for i, t in enumerate(tensors):
+            tensors[i] = _cast(t, in_dtype, compute)
+        base = tensors.pop() if job.has_base else None
+    n = len(job.inputs) - int(job.has_base)
+    generators = _random_draws(job, seed, n, cache.draws) if plan.method.seeded else ()
+    args = MergeArgs(job.per_model, job.shared, generators, vectors)
+    return plan.method.fn(tensors, base, args)
+
+
+def _cast(t: torch.Tensor, in_dtype: torch.dtype | None, compute: torch.dtype) -> torch.Tensor:
+    return t.to(in_dtype).to(compute) if in_dtype is not None else t.to(compute)
+
+
+def _task_vectors(
+    job: TensorJob,
+    tensors: list[torch.Tensor],
+    cache: SourceCache,
+    in_dtype: torch.dtype | None,
+    compute: torch.dtype,
+) -> tuple[TaskVector, ...]:
+    """x_i - base per non-base input, from the cache (made on first use), or () when the
+    cache keeps none: the method then subtracts itself."""
+    if not job.has_base or cache.task_vector_bytes <= 0:
+        return ()
+    base_input, base = job.inputs[-1], tensors[-1]
+    out = []
+    for inp, x in zip(job.inputs[:-1], tensors[:-1], strict=True):
+        where = (str(x.device), str(in_dtype), str(compute))
+        key = (inp.model, inp.name, base_input.model, base_input.name, *where)
+
+        def make(x: torch.Tensor = x) -> TaskVector:
+            return TaskVector.of(_cast(x, in_dtype, compute), _cast(base, in_dtype, compute))
+
+        vector = cache.task_vector(key, make)
+        if vector is None:
+            return ()
+        out.append(vector)
+    return tuple(out)
+
+
+def _check_finite(plan: MergePlan, job: TensorJob, tensor: torch.Tensor) -> bool:
+    """Whether every entry is finite; raises on NaN. A sum is finite only when every entry
+    is (NaN and inf propagate), so one fast reduction settles the usual case."""
+    if not tensor.is_floating_point():
+        return True
+    accumulate = torch.float64 if tensor.dtype == torch.float64 else torch.float32
+    if bool(torch.isfinite(tensor.sum(dtype=accumulate))):
+        return True
+    if bool(tensor.isnan().any()):
         raise MergeError(f"merging {job.name} with {plan.method.name} produced NaN")
-    return result
+    return bool(torch.isfinite(tensor).all())
 
 
 # Methods whose output entry depends only on the same entry of the inputs (no norm, top-k,
@@ -224,10 +278,7 @@ def _run_blockwise(
     for start in range(0, out.shape[0], rows):
         block = [t[start : start + rows].to(compute) for t in tensors]
         base = block.pop() if job.has_base else None
-        merged = plan.method.fn(block, base, args)
-        if merged.isnan().any():
-            raise MergeError(f"merging {job.name} with {plan.method.name} produced NaN")
-        out[start : start + rows] = merged
+        out[start : start + rows] = plan.method.fn(block, base, args)
     return out
 
 

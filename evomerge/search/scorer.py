@@ -59,9 +59,9 @@ class CandidateScorer:
             self._set_model(self._own_model)
             self._own_model = None
         t0 = time.perf_counter()
-        merge_into_model(recipe, self.backend.target, self.options, self.cache)
+        finite = merge_into_model(recipe, self.backend.target, self.options, self.cache)
         t1 = time.perf_counter()
-        self.backend.commit_weights()
+        self.backend.commit_weights(finite)  # checks only what the merge did not
         return t1 - t0, time.perf_counter() - t1
 
     def _load_path(self, steps: tuple[PathStep, ...]) -> tuple[float, float]:

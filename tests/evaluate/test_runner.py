@@ -66,6 +66,16 @@ def test_nan_weights_fail_the_candidate_and_name_the_tensor(tiny_models, tasks):
     assert "tiny_digits" in evaluate(live, tasks).results
 
 
+def test_weights_the_merge_checked_are_not_checked_again(tiny_models):
+    live = HFBackend.from_pretrained(tiny_models[0], SETTINGS)
+    names = set(live.model.state_dict())
+    with torch.no_grad():
+        live.model.model.norm.weight[0] = float("inf")
+    live.commit_weights(finite=names)  # trusted: the merge core checked them
+    with pytest.raises(CandidateFailed, match=r"model\.norm\.weight"):
+        live.commit_weights(finite=names - {"model.norm.weight"})
+
+
 def test_non_finite_logits_fail_then_the_model_recovers(tiny_models, tasks):
     live = HFBackend.from_pretrained(tiny_models[0], SETTINGS)
     expected = responses(live, tasks)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from evomerge.errors import MergeError
 from evomerge.merge import MergeOptions, SourceCache, merge_into_model, merge_to_disk
 from evomerge.merge.io import CheckpointReader, parse_size
 from evomerge.recipe import Recipe, load_recipe
@@ -117,3 +118,22 @@ def test_dtypes(family: dict[str, Path], tmp_path: Path) -> None:
 def test_parse_size() -> None:
     assert parse_size("5GB") == 5 * 10**9 and parse_size("500M") == 5 * 10**8
     assert parse_size("1.5kb") == 1500 and parse_size("123") == 123
+
+
+def test_in_memory_merge_names_the_tensors_it_checked_finite(family: dict[str, Path]) -> None:
+    model = AutoModelForCausalLM.from_pretrained(family["base"])
+    recipe = _recipe(family, "dare_ties")
+    assert merge_into_model(recipe, model) == frozenset(model.state_dict())
+    # weights of 3e38 overflow float32 where |x| is large (the norms' ~1.0): inf, no NaN
+    text = (
+        "merge_method: linear\nparameters: {normalize: false}\nmodels:\n"
+        f"  - {{model: {family['a']}, parameters: {{weight: 3e38}}}}\n"
+        f"  - {{model: {family['b']}, parameters: {{weight: 3e38}}}}\n"
+    )
+    finite = merge_into_model(load_recipe(text), model)
+    state = model.state_dict()
+    assert finite == {name for name, t in state.items() if bool(torch.isfinite(t).all())}
+    assert 0 < len(finite) < len(state)
+    opposed = text.replace("3e38}}\n", "1e39}}\n", 1).replace("weight: 3e38", "weight: -1e39")
+    with pytest.raises(MergeError, match="with linear produced NaN"):
+        merge_into_model(load_recipe(opposed), model)

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from evomerge.merge.sparsify import largest_mask, magnitude_mask, outlier_mask, sparsify_
+from evomerge.merge.sparsify import (
+    RandomDraws,
+    largest_mask,
+    magnitude_mask,
+    outlier_mask,
+    sparsify_,
+)
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 1000, 50_000])
@@ -43,3 +49,35 @@ def test_random_mask_rescales_to_the_l1_norm() -> None:
     torch.testing.assert_close(out.abs().sum(), delta.abs().sum())
     ratio = out[kept] / delta[kept]
     torch.testing.assert_close(ratio, ratio[0].expand_as(ratio))
+
+
+@pytest.mark.parametrize("density", [0.0, 1e-5, 0.1, 0.3, 0.5, 0.333251953125, 0.7, 0.99, 0.99995])
+def test_dare_float_mask_equals_the_float16_comparison(density: float) -> None:
+    draws = RandomDraws(seed=11)
+    like = torch.empty(300, 700)
+    u = draws.uniform(like)
+    expected = ~(u >= density)  # the drop rule on float16 draws
+    assert torch.equal(draws.keep(like, density), expected.float())
+    assert torch.equal(draws.keep(like.double(), density), expected.double())
+
+
+def test_dare_keep_threshold_on_every_float16_value() -> None:
+    grid = torch.arange(0x3C00, dtype=torch.int16).view(torch.float16).reshape(120, 128)
+    draws = RandomDraws(seed=0, store={(0, "cpu"): grid})  # the draws are every float16 value
+    for density in torch.rand(200, generator=torch.Generator().manual_seed(4)).tolist():
+        assert torch.equal(draws.keep(grid, density), (~(grid >= density)).float()), density
+
+
+def test_random_drop_with_a_known_l1_norm_equals_the_computed_one() -> None:
+    delta = torch.randn(5000, generator=torch.Generator().manual_seed(5))
+    a, b = delta.clone(), delta.clone()
+    sparsify_("random", a, density=0.4, rescale=True, generator=RandomDraws(9))
+    sparsify_(
+        "random",
+        b,
+        density=0.4,
+        rescale=True,
+        generator=RandomDraws(9),
+        l1=float(delta.abs().sum()),
+    )
+    assert torch.equal(a, b)

@@ -7,7 +7,16 @@ Definitions follow mergekit 0.1.5 (same YAML names, parameters and defaults); th
 differences are listed in the README ("Merging").
 """
 
-from evomerge.merge.methods.base import REQUIRED, MergeArgs, Method, MethodFn, Param
+from evomerge.merge.methods.base import REQUIRED, MergeArgs, Method, MethodFn, Param, TaskVector
 from evomerge.merge.methods.registry import METHODS, get_method
 
-__all__ = ["METHODS", "REQUIRED", "MergeArgs", "Method", "MethodFn", "Param", "get_method"]
+__all__ = [
+    "METHODS",
+    "REQUIRED",
+    "MergeArgs",
+    "Method",
+    "MethodFn",
+    "Param",
+    "TaskVector",
+    "get_method",
+]

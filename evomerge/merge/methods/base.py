@@ -18,16 +18,36 @@ REQUIRED = object()
 
 
 @dataclass(frozen=True)
+class TaskVector:
+    """tau = x - base for one input, in the compute dtype, with its L1 norm |tau|_1.
+
+    The search merges the same sources hundreds of times, so it keeps these per source
+    (SourceCache) instead of subtracting and summing again per candidate. Read-only.
+    """
+
+    delta: torch.Tensor
+    l1: float
+
+    @classmethod
+    def of(cls, x: torch.Tensor, base: torch.Tensor) -> TaskVector:
+        delta = x - base
+        return cls(delta, float(delta.abs().sum()))
+
+
+@dataclass(frozen=True)
 class MergeArgs:
     """Resolved parameters for one output tensor.
 
     per_model[name][i] belongs to tensors[i]; `generators` (seeded methods only) gives one
     random source per non-base input, seeded from the random seed and the tensor name.
+    `task_vectors`, when given, are tensors[i] - base, precomputed (methods on task vectors
+    use them instead of `tensors`).
     """
 
     per_model: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     shared: Mapping[str, Any] = field(default_factory=dict)
     generators: Sequence[Any] = ()
+    task_vectors: Sequence[TaskVector] = ()
 
 
 MethodFn = Callable[[Sequence[Tensor], Tensor | None, MergeArgs], Tensor]
@@ -86,6 +106,7 @@ class Method:
     min_models: int = 1
     max_models: int | None = None
     seeded: bool = False
+    takes_task_vectors: bool = False  # uses MergeArgs.task_vectors when given
     reference: str = ""
     cross_check: CrossCheck | None = None
 

@@ -49,7 +49,9 @@ def _ta(name: str, fn: MethodFn, *, normalize: bool, rescale: bool, ref: str, **
         per_model["epsilon"] = _EPSILON
         kw["cross_check"] = _della_rule
     shared = _ta_shared(normalize=normalize, rescale=rescale)
-    return Method(name, fn, per_model, shared, needs_base=True, reference=ref, **kw)
+    return Method(
+        name, fn, per_model, shared, needs_base=True, takes_task_vectors=True, reference=ref, **kw
+    )
 
 
 _DARE = "arXiv:2311.03099"

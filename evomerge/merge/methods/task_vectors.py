@@ -33,9 +33,15 @@ def _task_arithmetic(
     if base is None:
         raise ValueError("task arithmetic needs a base tensor")  # the planner guarantees one
     rescale = bool(args.shared["rescale"])
-    deltas = base.new_empty((len(tensors), *base.shape))  # (N, *shape), filled row by row
-    for i, x in enumerate(tensors):
-        torch.sub(x, base, out=deltas[i])
+    n = len(args.task_vectors) or len(tensors)
+    deltas = base.new_empty((n, *base.shape))  # (N, *shape), filled row by row
+    for i in range(n):
+        l1 = None
+        if args.task_vectors:
+            deltas[i].copy_(args.task_vectors[i].delta)
+            l1 = args.task_vectors[i].l1
+        else:
+            torch.sub(tensors[i], base, out=deltas[i])
         generator = args.generators[i] if args.generators else None
         density = float(args.per_model["density"][i]) if sparsifier else 1.0
         if sparsifier == "della":
@@ -46,9 +52,10 @@ def _task_arithmetic(
                 sparsifier,
                 deltas[i],
                 density=density,
-                gamma=float(args.per_model.get("gamma", [0.0] * len(tensors))[i]),
+                gamma=float(args.per_model.get("gamma", [0.0] * n)[i]),
                 rescale=rescale,
                 generator=generator,
+                l1=l1,
             )
     weights = torch.tensor(args.per_model["weight"], dtype=deltas.dtype, device=deltas.device)
     weights = weights.reshape(-1, *([1] * base.dim()))  # (N, 1, ..., 1)
@@ -57,9 +64,10 @@ def _task_arithmetic(
     if consensus and not normalize:
         # Sum of the entries agreeing with the elected sign s = sign(sum), ties electing +:
         # s * sum(max(s * delta, 0)). Equal to masking by sign_agreement, in three passes
-        # over the (N, *shape) deltas instead of six (the search's default path).
-        elected = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(deltas.dtype)
-        mixed = deltas.mul_(elected).clamp_(min=0).sum(dim=0).mul_(elected)
+        # over the (N, *shape) deltas instead of six (the search's default path). s in float
+        # arithmetic, sign(sign(sum) + 1/2): torch.where on a bool tensor is 10-40x slower.
+        elected = _sum_rows(deltas).sign_().add_(0.5).sign_()
+        mixed = _sum_rows(deltas.mul_(elected).clamp_(min=0)).mul_(elected)
     elif consensus:
         agree = sign_agreement(deltas)
         mixed = deltas.masked_fill_(~agree, 0.0).sum(dim=0)
@@ -78,6 +86,13 @@ def _task_arithmetic(
     if args.shared["lambda"] != 1:
         mixed *= args.shared["lambda"]
     return base + mixed
+
+
+def _sum_rows(stacked: Tensor) -> Tensor:
+    """stacked.sum(dim=0); two rows as one add (the same sum, 4x faster on CPU)."""
+    if stacked.shape[0] == 2:
+        return torch.add(stacked[0], stacked[1])
+    return stacked.sum(dim=0)
 
 
 def sign_agreement(deltas: Tensor) -> Tensor:
