@@ -130,8 +130,10 @@ class VLLMBackend:
             try:
                 from lm_eval.models.vllm_causallms import VLLM
             except ImportError as e:
+                # Name the module that failed: an installed vLLM can miss one of its own deps.
                 raise EvaluationError(
-                    "evaluator=vllm needs vLLM: pip install -e '.[vllm]' on a CUDA machine"
+                    f"evaluator=vllm could not import vLLM through lm-eval ({e}); "
+                    "install it with pip install -e '.[vllm]' on a CUDA machine"
                 ) from e
             self._lm = VLLM(
                 pretrained=self.path,

@@ -1,10 +1,12 @@
 """The vLLM backend's weight push, checked against a recording engine (the GPU run is separate)."""
 
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from evomerge.errors import EvaluationError
 from evomerge.evaluate import CandidateFailed, EvalSettings, VLLMBackend
 from evomerge.evaluate.backends import push_weights
 
@@ -74,3 +76,10 @@ def test_older_engines_get_the_weights_through_the_model_loader():
     push_weights(engine, [("w", torch.ones(2))])
     loaded = [c for c in engine.calls if c[0] == "load_weights"]
     assert len(loaded) == 1 and loaded[0][1][0][0] == "w"
+
+
+def test_a_vllm_that_cannot_be_imported_is_an_error_naming_the_module(tiny_models, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lm_eval.models.vllm_causallms", None)  # import fails
+    backend = VLLMBackend(tiny_models[0], EvalSettings(backend="vllm", device="cuda"))
+    with pytest.raises(EvaluationError, match=r"could not import vLLM .*vllm_causallms"):
+        _ = backend.lm
