@@ -212,6 +212,21 @@ def make_scorer(cfg: SearchConfig, space: GenomeSpace) -> CandidateScorer:
     return CandidateScorer(backend, tasks, cfg.task.objective, SourceCache(preload=True), options)
 
 
+def candidate_seconds(trials: list[optuna.trial.FrozenTrial]) -> float:
+    """Seconds spent on candidates that were scored or failed as candidates.
+
+    A trial abandoned by a killed worker (failed later by the heartbeat check) is left out: its
+    start-to-fail span is the downtime, not the candidate's time.
+    """
+    return sum(
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in trials
+        if t.datetime_complete is not None
+        and t.datetime_start is not None
+        and (t.state == optuna.trial.TrialState.COMPLETE or FAILURE in t.user_attrs)
+    )
+
+
 def finish(
     cfg: SearchConfig, study: optuna.Study, space: GenomeSpace, scorer: CandidateScorer
 ) -> dict[str, Any]:
@@ -227,18 +242,13 @@ def finish(
         tasks = load_tasks(cfg.task.test, cfg.evaluator, extra_paths=cfg.task.include)
         test = {"trial": best.number, "results": scorer.evaluate_on(recipe, tasks)}
         study.set_user_attr("test_results", test)
-    seconds = [
-        (t.datetime_complete - t.datetime_start).total_seconds()
-        for t in study.trials
-        if t.datetime_complete is not None and t.datetime_start is not None
-    ]
     summary.update(
         best_trial=best.number,
         fitness=best.value,
         fitness_metrics=best.user_attrs.get("metrics"),
         test_metrics=test.get("results"),
         failed=sum(FAILURE in t.user_attrs for t in study.trials),
-        candidate_seconds=round(sum(seconds), 3),
+        candidate_seconds=round(candidate_seconds(study.trials), 3),
         recipe_sha256=recipe_hash(recipe),
         written=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )

@@ -209,3 +209,24 @@ def test_trials_abandoned_before_their_first_parameter_are_failed(tmp_path):
     assert fail_abandoned_trials(study, grace_s=0.0) == 1
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING]
     assert fail_abandoned_trials(study, grace_s=3600.0) == 0
+
+
+def test_candidate_seconds_leave_out_trials_abandoned_by_a_killed_worker():
+    from datetime import datetime, timedelta
+
+    from evomerge.search.loop import FAILURE, candidate_seconds
+
+    t0 = datetime(2026, 1, 1)
+    dist = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+
+    def trial(state, attrs=None, value=None):
+        return optuna.trial.create_trial(
+            state=state, value=value, params={"x": 0.5}, distributions=dist, user_attrs=attrs or {}
+        )
+
+    scored = trial(TrialState.COMPLETE, value=0.3)
+    failed = trial(TrialState.FAIL, attrs={FAILURE: "nan: model.norm.weight"})
+    abandoned = trial(TrialState.FAIL)  # failed by the heartbeat an hour after its start
+    for t, seconds in ((scored, 2), (failed, 3), (abandoned, 3600)):
+        t.datetime_start, t.datetime_complete = t0, t0 + timedelta(seconds=seconds)
+    assert candidate_seconds([scored, failed, abandoned]) == 5.0
