@@ -174,16 +174,29 @@ class VLLMBackend:
 
 
 def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:
-    """Load Hugging Face-named tensors into a live vLLM engine, in place, then drop its caches."""
-    weights = list(named)
-    try:
-        llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
-    except TypeError:
-        # Releases before the keyword form: call the model's own loader on the worker.
-        def _load(worker: Any) -> None:
-            worker.model_runner.model.load_weights(weights=iter(weights))
+    """Load Hugging Face-named tensors into a live vLLM engine, in place, then drop its caches.
 
-        llm.collective_rpc(_load)
+    Each worker runs the model's own `load_weights`, the loader vLLM ran at start-up: it maps
+    Hugging Face names onto vLLM's fused parameters (qkv_proj, gate_up_proj) and copies into
+    the existing GPU tensors, so captured CUDA graphs stay valid. The backend never asks vLLM
+    to quantize, so there is no post-load processing to redo.
+    """
+    weights = list(named)
+
+    def _load(worker: Any) -> list[str]:
+        runner = worker.model_runner
+        model = runner.get_model() if hasattr(runner, "get_model") else runner.model
+        loaded = model.load_weights(weights=iter(weights))
+        if loaded is None:  # releases whose loaders do not report what they loaded
+            return []
+        return sorted({name for name, _ in model.named_parameters()} - set(loaded))
+
+    stale = sorted({name for result in llm.collective_rpc(_load) or () for name in result or ()})
+    if stale:
+        raise EvaluationError(
+            f"vLLM kept its old values for {len(stale)} parameter(s), e.g. {stale[:3]}: "
+            "the pushed tensors' names do not cover the engine's model"
+        )
     if hasattr(llm, "reset_prefix_cache"):
         llm.reset_prefix_cache()  # cached KV blocks belong to the previous weights
 

@@ -12,22 +12,25 @@ from evomerge.evaluate.backends import push_weights
 
 
 class RecordingEngine:
-    """Records what a vllm.LLM would be asked to do."""
+    """Records what a vllm.LLM would be asked to do; its model takes the names in `params`."""
 
-    def __init__(self, keyword_form: bool = True):
-        self.keyword_form = keyword_form
+    def __init__(self, params=None):
+        self.params = params
         self.calls: list[tuple] = []
 
     def collective_rpc(self, method, kwargs=None):
-        if isinstance(method, str) and not self.keyword_form:
-            raise TypeError("reload_weights() got an unexpected keyword argument")
         self.calls.append((method, kwargs))
-        if callable(method):
-            worker = SimpleNamespace(model_runner=SimpleNamespace(model=self))
-            method(worker)
+        worker = SimpleNamespace(model_runner=SimpleNamespace(get_model=lambda: self))
+        return [method(worker)]
 
     def load_weights(self, weights):
-        self.calls.append(("load_weights", list(weights)))
+        weights = list(weights)
+        self.calls.append(("load_weights", weights))
+        return {name for name, _ in weights}
+
+    def named_parameters(self):
+        names = self.params if self.params is not None else [n for n, _ in self.calls[-1][1]]
+        return [(name, None) for name in names]
 
     def reset_prefix_cache(self):
         self.calls.append(("reset_prefix_cache", None))
@@ -45,9 +48,9 @@ def test_commit_pushes_every_tensor_by_hugging_face_name_then_resets_the_cache(t
     with torch.no_grad():
         backend.target.model.layers[0].mlp.up_proj.weight.fill_(0.25)
     backend.commit_weights()
-    (method, kwargs), reset = engine.calls
-    assert method == "reload_weights" and reset[0] == "reset_prefix_cache"
-    pushed = dict(kwargs["weights_iterator"])
+    (rpc, _), (load, weights), (reset, _) = engine.calls
+    assert callable(rpc) and load == "load_weights" and reset == "reset_prefix_cache"
+    pushed = dict(weights)
     assert set(pushed) == set(backend.target.state_dict())
     assert torch.all(pushed["model.layers.0.mlp.up_proj.weight"] == 0.25)
 
@@ -57,7 +60,7 @@ def test_tied_embeddings_are_pushed_once(tiny_models):
     backend = backend_with(engine, tiny_models[0])
     backend.target.config.tie_word_embeddings = True
     backend.commit_weights()
-    pushed = dict(engine.calls[0][1]["weights_iterator"])
+    pushed = dict(engine.calls[1][1])
     assert "lm_head.weight" not in pushed and "model.embed_tokens.weight" in pushed
 
 
@@ -71,11 +74,11 @@ def test_non_finite_weights_never_reach_the_engine(tiny_models):
     assert engine.calls == []
 
 
-def test_older_engines_get_the_weights_through_the_model_loader():
-    engine = RecordingEngine(keyword_form=False)
-    push_weights(engine, [("w", torch.ones(2))])
-    loaded = [c for c in engine.calls if c[0] == "load_weights"]
-    assert len(loaded) == 1 and loaded[0][1][0][0] == "w"
+def test_an_engine_parameter_left_unloaded_is_an_error_naming_it():
+    engine = RecordingEngine(params=["w", "model.layers.0.self_attn.qkv_proj.weight"])
+    with pytest.raises(EvaluationError, match=r"old values for 1 parameter.*qkv_proj"):
+        push_weights(engine, [("w", torch.ones(2))])
+    assert engine.calls[-1][0] != "reset_prefix_cache"
 
 
 def test_a_vllm_that_cannot_be_imported_is_an_error_naming_the_module(tiny_models, monkeypatch):
