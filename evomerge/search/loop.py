@@ -165,7 +165,9 @@ def record(
     best = best_trial(study)
     if best is None:
         return best_number
-    last = study.trials[-1]
+    # The latest scored candidate (any worker's); `study.trials` would deep-copy them all.
+    scored = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    last = max(scored, key=lambda t: t.number)
     secs = (last.user_attrs.get("merge_s", 0) + last.user_attrs.get("eval_s", 0)) or None
     bar.set_postfix(
         best=f"{best.value:.4f}",
@@ -247,8 +249,8 @@ def finish(
         fitness=best.value,
         fitness_metrics=best.user_attrs.get("metrics"),
         test_metrics=test.get("results"),
-        failed=sum(FAILURE in t.user_attrs for t in study.trials),
-        candidate_seconds=round(candidate_seconds(study.trials), 3),
+        failed=sum(FAILURE in t.user_attrs for t in study.get_trials(deepcopy=False)),
+        candidate_seconds=round(candidate_seconds(study.get_trials(deepcopy=False)), 3),
         recipe_sha256=recipe_hash(recipe),
         written=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
