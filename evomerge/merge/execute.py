@@ -199,6 +199,14 @@ def run_job(
     if vectors:  # the search: only the base is needed besides the kept task vectors
         base: torch.Tensor | None = _cast(tensors[-1], in_dtype, compute)
         tensors = []
+    elif plan.method.takes_task_vectors and job.has_base:
+        # x - base with a float32 base converts a narrower x exactly, on the fly: no float32
+        # copy of each input (N whole tensors at once for the embeddings)
+        for i, t in enumerate(tensors):
+            rounded = t.to(in_dtype) if in_dtype is not None else t
+            narrow = torch.promote_types(rounded.dtype, compute) == compute
+            tensors[i] = rounded if narrow and i < len(tensors) - 1 else _cast(t, in_dtype, compute)
+        base = tensors.pop()
     else:
         for i, t in enumerate(tensors):
             tensors[i] = _cast(t, in_dtype, compute)
@@ -245,8 +253,10 @@ def _check_finite(plan: MergePlan, job: TensorJob, tensor: torch.Tensor) -> bool
     is (NaN and inf propagate), so one fast reduction settles the usual case."""
     if not tensor.is_floating_point():
         return True
-    accumulate = torch.float64 if tensor.dtype == torch.float64 else torch.float32
-    if bool(torch.isfinite(tensor.sum(dtype=accumulate))):
+    # float16 sums of ordinary weights overflow (max 65504): accumulate those in float32; a
+    # bfloat16 sum accumulates in float32 already (dtype= would convert the tensor first)
+    total = tensor.sum(dtype=torch.float32) if tensor.dtype == torch.float16 else tensor.sum()
+    if bool(torch.isfinite(total)):
         return True
     if bool(tensor.isnan().any()):
         raise MergeError(f"merging {job.name} with {plan.method.name} produced NaN")

@@ -1,14 +1,17 @@
 """Checkpoint I/O: a lazy per-tensor reader and a streaming sharded safetensors writer.
 
 The reader parses safetensors headers (through model.safetensors.index.json when sharded) and
-reads one tensor's bytes on request with a plain file read, not a memory map, so resident
-memory holds only the tensors in use. Pickle checkpoints (`pytorch_model*.bin`) are read only
+maps one tensor's bytes on request (a private map of that tensor's range only, unmapped when
+the tensor is freed), so resident memory holds only the tensors in use, and a tensor in the
+page cache is neither zero-filled nor copied before its first use. Pickle checkpoints (`pytorch_model*.bin`) are read only
 with allow_pickle, through torch.load(weights_only=True, mmap=True).
 """
 
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import re
 import struct
 from collections.abc import Iterable, Sequence
@@ -121,14 +124,16 @@ class CheckpointReader:
         loc, info = self._locations[name], self._infos[name]
         if loc.file in self._pickled:
             return self._pickled[loc.file][name].clone()
-        buffer = bytearray(loc.end - loc.start)
-        if buffer:
-            with open(loc.file, "rb") as f:
-                f.seek(loc.start)
-                if f.readinto(buffer) != len(buffer):
-                    raise MergeError(f"{loc.file}: truncated while reading tensor {name}")
-            return torch.frombuffer(buffer, dtype=info.dtype).reshape(info.shape)
-        return torch.empty(info.shape, dtype=info.dtype)
+        if loc.end == loc.start:
+            return torch.empty(info.shape, dtype=info.dtype)
+        start = loc.start - loc.start % mmap.ALLOCATIONGRANULARITY  # maps start on a page
+        with open(loc.file, "rb") as f:
+            if os.fstat(f.fileno()).st_size < loc.end:
+                raise MergeError(f"{loc.file}: truncated while reading tensor {name}")
+            # copy-on-write: writes to the tensor stay in this process, never in the file
+            mapped = mmap.mmap(f.fileno(), loc.end - start, offset=start, access=mmap.ACCESS_COPY)
+        data = memoryview(mapped)[loc.start - start :]
+        return torch.frombuffer(data, dtype=info.dtype).reshape(info.shape)
 
 
 def _weight_files(directory: Path) -> list[Path]:

@@ -39,7 +39,12 @@ def sparsify_(
     if method == "random" and isinstance(generator, RandomDraws):
         # times a 0/1 float mask: boolean kernels (masked_fill_, where) are 10-40x slower
         # than float ones on CPU; dropped entries become -0.0 where delta < 0 (equal to 0)
-        delta.mul_(generator.keep(delta, density))
+        generator.drop_(delta, density)
+        _restore_l1_(delta, before)
+        return
+    if method == "magnitude" and delta.dtype == torch.float32 and density > 0 < delta.numel():
+        # the entries magnitude_mask keeps, zeroed in float arithmetic (no bool kernels)
+        _keep_largest_(delta, delta.abs(), max(1, int(density * delta.numel())))
         _restore_l1_(delta, before)
         return
     if method == "magnitude":
@@ -105,6 +110,21 @@ class RandomDraws:
             self.store[key] = draws
         return draws
 
+    def drop_(self, delta: Tensor, density: float) -> None:
+        """In place: `delta` times keep(delta, density), the dropped entries zeroed.
+
+        Without a store, on CPU, the draws are made one block at a time from one generator:
+        the same numbers as one whole draw (torch's CPU generator is sequential), with no
+        whole-tensor draws or mask in memory.
+        """
+        if self.store is not None or delta.device.type != "cpu" or not delta.is_contiguous():
+            delta.mul_(self.keep(delta, density))
+            return
+        gen = torch.Generator()
+        gen.manual_seed(self.seed)
+        for block in delta.view(-1).split(BLOCK):
+            block.mul_(_keep_mask(torch.rand(block.shape, generator=gen), density, block.dtype))
+
     def keep(self, like: Tensor, density: float) -> Tensor:
         """1.0 where U < density, else 0.0 (float32, or float64 for float64 `like`).
 
@@ -112,9 +132,16 @@ class RandomDraws:
         value the comparison drops, (T - U) * 2^24 is an exact integer (both are multiples of
         2^-24 in [0, 1]), >= 1 exactly where U < T, so clamping it to [0, 1] is the mask.
         """
-        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-        mask = self.uniform(like).to(dtype)
-        return mask.mul_(-(2.0**24)).add_(_drop_threshold(density) * 2.0**24).clamp_(0.0, 1.0)
+        return _keep_mask(self.uniform(like), density, like.dtype)
+
+
+BLOCK = 1 << 20  # draws per block when drawing without a store: 4 MB of float32
+
+
+def _keep_mask(draws: Tensor, density: float, like: torch.dtype) -> Tensor:
+    """RandomDraws.keep for these draws (float32 draws are rounded to float16 first)."""
+    mask = draws.to(torch.float16).to(torch.float64 if like == torch.float64 else torch.float32)
+    return mask.mul_(-(2.0**24)).add_(_drop_threshold(density) * 2.0**24).clamp_(0.0, 1.0)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -164,32 +191,57 @@ def largest_mask(values: Tensor, k: int) -> Tensor:
         mask = torch.zeros(values.numel(), dtype=torch.bool, device=values.device)
         mask[torch.topk(values.reshape(-1), k, sorted=False).indices] = True
         return mask.reshape(values.shape)
-    threshold = _kth_largest(values, k)
+    threshold, missing = _kth_largest(values, k)
     mask = values > threshold
-    missing = k - int(torch.count_nonzero(mask))  # (bool .sum() would make an int64 copy)
     if missing > 0:
         tied = (values == threshold).reshape(-1).nonzero().squeeze(1)[:missing]
         mask.view(-1)[tied] = True
     return mask
 
 
+def _keep_largest_(delta: Tensor, values: Tensor, k: int) -> None:
+    """In place: delta times largest_mask(values, k) (float32 values), as a 0/1 float mask."""
+    threshold, missing = _kth_largest(values, k)
+    mask = values.sub(threshold).sign_().clamp_(min=0)  # 1 where values > threshold
+    if missing > 0:
+        mask.view(-1)[_first_ties(values, threshold, missing)] = 1.0
+    delta.mul_(mask)
+
+
+def _first_ties(values: Tensor, threshold: Tensor, count: int) -> Tensor:
+    """Flat indices of the first `count` entries equal to `threshold`, scanning row blocks in
+    order and stopping once found (rather than one whole-tensor comparison and nonzero)."""
+    found, flat = [], values.reshape(-1)
+    for start in range(0, flat.numel(), _CHUNK):
+        hits = (flat[start : start + _CHUNK] == threshold).nonzero().squeeze(1)[:count] + start
+        found.append(hits)
+        count -= hits.numel()
+        if count <= 0:
+            break
+    return torch.cat(found)
+
+
 _CHUNK = 1 << 22  # elements per histogram pass: bounds the int64 scratch of bincount
 
 
-def _kth_largest(values: Tensor, k: int) -> Tensor:
+def _kth_largest(values: Tensor, k: int) -> tuple[Tensor, int]:
+    """The k-th largest value, and how many entries equal to it are among the k largest."""
     bits = values.reshape(-1).view(torch.int32)
     high_counts = _histogram(c >> 16 for c in bits.split(_CHUNK))
     bucket, rank = _select_bucket(high_counts, k)
-    low_counts = _histogram(c[(c >> 16) == bucket] & 0xFFFF for c in bits.split(_CHUNK))
-    sub_bucket, _ = _select_bucket(low_counts, rank)
+    # low 16 bits of the entries in that bucket, the others clamped into two end bins
+    # (dropped): integer arithmetic instead of a boolean selection
+    shifted = ((c - (bucket << 16)).clamp_(-1, 1 << 16).add_(1) for c in bits.split(_CHUNK))
+    low_counts = _histogram(shifted, bins=(1 << 16) + 2)[1:-1]
+    sub_bucket, tied = _select_bucket(low_counts, rank)
     pattern = torch.tensor([(bucket << 16) | sub_bucket], dtype=torch.int32)
-    return pattern.view(torch.float32)[0].to(values.device)
+    return pattern.view(torch.float32)[0].to(values.device), tied
 
 
-def _histogram(chunks: Iterable[Tensor]) -> Tensor:
+def _histogram(chunks: Iterable[Tensor], bins: int = 1 << 16) -> Tensor:
     counts = None
     for chunk in chunks:
-        part = torch.bincount(chunk, minlength=1 << 16)
+        part = torch.bincount(chunk, minlength=bins)
         counts = part if counts is None else counts.add_(part)
     if counts is None:
         raise ValueError("empty input")

@@ -190,3 +190,20 @@ def test_arcee_fusion_keeps_the_upper_outliers_of_importance() -> None:
     changed = out != base
     assert changed[7, 3] and changed.float().mean() < 0.2
     torch.testing.assert_close(out[changed], x[changed])
+
+
+def test_slerp_in_row_blocks_equals_the_whole_tensor_formula(monkeypatch) -> None:
+    from evomerge.merge.methods import interpolation
+
+    gen = torch.Generator().manual_seed(8)
+    v0 = torch.randn(70, 90, generator=gen)
+    v1 = v0 + 0.3 * torch.randn(70, 90, generator=gen)
+    args = MergeArgs(shared={"t": 0.3})
+    monkeypatch.setattr(interpolation, "BLOCK", 1000)
+    out = interpolation.slerp([v1], v0, args)
+    a, b = v0.reshape(-1), v1.reshape(-1)
+    dot = float(((a / a.norm()) * (b / b.norm())).sum())
+    theta = torch.acos(torch.tensor(dot, dtype=torch.float64))
+    c0 = float(torch.sin(0.7 * theta) / torch.sin(theta))
+    c1 = float(torch.sin(0.3 * theta) / torch.sin(theta))
+    torch.testing.assert_close(out, c0 * v0 + c1 * v1, rtol=1e-6, atol=1e-6)

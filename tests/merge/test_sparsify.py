@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from evomerge.merge import sparsify
 from evomerge.merge.sparsify import (
     RandomDraws,
     largest_mask,
@@ -81,3 +82,23 @@ def test_random_drop_with_a_known_l1_norm_equals_the_computed_one() -> None:
         l1=float(delta.abs().sum()),
     )
     assert torch.equal(a, b)
+
+
+def test_draws_made_block_by_block_equal_one_whole_draw(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sparsify, "BLOCK", 1000)  # 37 blocks, the last one partial
+    delta = torch.randn(61, 600, generator=torch.Generator().manual_seed(6))
+    blocked = delta.clone()
+    RandomDraws(seed=21).drop_(blocked, 0.35)  # no store: drawn block by block
+    assert torch.equal(blocked, delta * RandomDraws(seed=21).keep(delta, 0.35))
+
+
+@pytest.mark.parametrize("density", [0.001, 0.3, 0.5, 0.97])
+def test_magnitude_drop_in_float_equals_the_boolean_mask(density: float) -> None:
+    # bfloat16 deltas: many exact ties at the threshold, kept first in order
+    delta = torch.randn(300, 500, generator=torch.Generator().manual_seed(7))
+    delta = delta.to(torch.bfloat16).float()
+    expected = delta.masked_fill(~magnitude_mask(delta, density), 0.0)
+    out = delta.clone()
+    sparsify_("magnitude", out, density=density)
+    assert torch.equal(out, expected)
+    assert int(torch.count_nonzero(out)) == max(1, int(density * delta.numel()))

@@ -40,14 +40,34 @@ def slerp(tensors: Sequence[Tensor], base: Tensor | None, args: MergeArgs) -> Te
     norm_a, norm_b = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
     norm_a = torch.where(norm_a > 1e-8, norm_a, 1.0)
     norm_b = torch.where(norm_b > 1e-8, norm_b, 1.0)
-    dot = float(((a / norm_a) * (b / norm_b)).sum().clamp(-1, 1))
+    # cos = <a, b> / (|a| |b|): dot products of row blocks summed in float64, with no
+    # whole-tensor temporaries (mergekit normalizes both copies first; same value to ~1e-7)
+    dot = sum(float(torch.dot(x, y)) for x, y in zip(a.split(BLOCK), b.split(BLOCK), strict=True))
+    dot = min(max(dot / (float(norm_a) * float(norm_b)), -1.0), 1.0)
     if abs(dot) > 0.9995:
-        return (1 - t) * v0 + t * v1
+        return _mix(1 - t, v0, t, v1)
     theta = torch.acos(torch.tensor(dot, dtype=torch.float64))
     sin_theta = torch.sin(theta)
     coef_0 = float(torch.sin((1 - t) * theta) / sin_theta)
     coef_1 = float(torch.sin(t * theta) / sin_theta)
-    return coef_0 * v0 + coef_1 * v1
+    return _mix(coef_0, v0, coef_1, v1)
+
+
+BLOCK = 1 << 20  # entries per block of the whole-tensor interpolations: 4 MB of float32
+
+
+def _mix(c0: float, v0: Tensor, c1: float, v1: Tensor) -> Tensor:
+    """c0 v0 + c1 v1 (each product rounded, then the sum), one row block at a time: the
+    temporaries stay in cache instead of being whole tensors."""
+    out = torch.empty_like(v0)
+    flat, x0, x1 = out.view(-1), v0.reshape(-1), v1.reshape(-1)
+    scratch = torch.empty(min(BLOCK, flat.numel()), dtype=v0.dtype, device=v0.device)
+    for start in range(0, flat.numel(), BLOCK):
+        block = slice(start, start + BLOCK)
+        torch.mul(x0[block], c0, out=flat[block])
+        n = flat[block].numel()
+        flat[block].add_(torch.mul(x1[block], c1, out=scratch[:n]))
+    return out
 
 
 def nuslerp(tensors: Sequence[Tensor], base: Tensor | None, args: MergeArgs) -> Tensor:

@@ -69,16 +69,21 @@ def _task_arithmetic(
         elected = _sum_rows(deltas).sign_().add_(0.5).sign_()
         mixed = _sum_rows(deltas.mul_(elected).clamp_(min=0)).mul_(elected)
     elif consensus:
-        agree = sign_agreement(deltas)
-        mixed = deltas.masked_fill_(~agree, 0.0).sum(dim=0)
-        if normalize:  # divide by the sum of the agreeing weights, one row at a time
-            divisor = torch.zeros_like(mixed)
-            for w, row in zip(weights.reshape(-1).tolist(), agree, strict=True):
-                divisor.add_(row, alpha=w)
-            divisor[divisor == 0] = 1
-            mixed /= divisor
+        # As above, plus the agreement itself, sign(max(s * delta, 0)) in {0, 1}: the
+        # divisor is the sum of the agreeing weights (1 where none agrees), all in float
+        # arithmetic (equal to masking by sign_agreement; bool kernels are much slower).
+        elected = _sum_rows(deltas).sign_().add_(0.5).sign_()
+        kept = deltas.mul_(elected).clamp_(min=0)
+        mixed = _sum_rows(kept).mul_(elected)
+        del elected
+        divisor = torch.zeros_like(mixed)
+        for w, row in zip(weights.reshape(-1).tolist(), kept.sign_(), strict=True):
+            divisor.add_(row, alpha=w)
+        del kept, deltas
+        divisor.add_(divisor.abs().sign_().neg_().add_(1))  # 0 -> 1, the rest unchanged
+        mixed /= divisor
     else:
-        mixed = deltas.sum(dim=0)
+        mixed = _sum_rows(deltas)
         if normalize:
             total = weights.sum(dim=0)
             total[total.abs() < 1e-8] = 1
