@@ -69,12 +69,10 @@ def resolve_model(model: str, toy_size: str) -> str:
 
 
 def _eval_recipe(path: Path, task_set: Any, settings: EvalSettings) -> Results:
-    from evomerge.merge import merge_to_disk
-    from evomerge.recipe import load_recipe
+    from evomerge.merge.stages import merge_recipe_file
 
-    recipe = load_recipe(path)
     with tempfile.TemporaryDirectory(prefix="evomerge-eval-") as tmp:
-        out = merge_to_disk(recipe, Path(tmp) / "merged")
+        out = merge_recipe_file(path, Path(tmp) / "merged")  # one document or several stages
         backend = make_backend(out, settings)
         return evaluate(backend, task_set).results
 

@@ -1,14 +1,14 @@
-"""`python -m evomerge merge RECIPE OUT_DIR [options]`: build options, call merge_to_disk (or,
-for a multi-stage recipe file, merge_stages_to_disk)."""
+"""`python -m evomerge merge RECIPE OUT_DIR [options]`: build options, merge the recipe file
+(one document, or several stages in mergekit-multi's layout)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from evomerge.merge.execute import MergeOptions, merge_to_disk
+from evomerge.merge.execute import MergeOptions
 from evomerge.merge.io import parse_size
-from evomerge.merge.stages import load_stages, merge_stages_to_disk
+from evomerge.merge.stages import merge_recipe_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,10 +56,6 @@ def main(argv: list[str]) -> int:
         out_dtype=args.out_dtype,
         progress=not args.no_progress,
     )
-    stages = load_stages(Path(args.recipe))
-    if len(stages) == 1:
-        out = merge_to_disk(stages[0].recipe, args.out_dir, options)
-    else:
-        out = merge_stages_to_disk(stages, args.out_dir, options, keep=args.keep_intermediates)
+    out = merge_recipe_file(Path(args.recipe), args.out_dir, options, keep=args.keep_intermediates)
     print(f"merged model written to {out}")
     return 0

@@ -116,6 +116,20 @@ def merge_stages_to_disk(
     return out
 
 
+def merge_recipe_file(
+    source: str | Path,
+    out_dir: str | Path,
+    options: MergeOptions | None = None,
+    *,
+    keep: str | Path | None = None,
+) -> Path:
+    """Merge a recipe file, one document or several stages, into `out_dir`."""
+    stages = load_stages(source)
+    if len(stages) == 1:
+        return merge_to_disk(stages[0].recipe, out_dir, options)
+    return merge_stages_to_disk(stages, out_dir, options, keep=keep)
+
+
 def with_results(recipe: Recipe, results: Mapping[str, str]) -> Recipe:
     """The recipe with every use of an earlier stage's name replaced by its output path."""
 

@@ -57,3 +57,21 @@ def test_eval_of_a_recipe_merges_it_first(tiny_models, tmp_path):
     assert run(f"model={recipe}", f"output={merged}", *common).returncode == 0
     assert run(f"model={a}", f"output={plain}", *common).returncode == 0
     assert json.loads(merged.read_text()) == json.loads(plain.read_text())
+
+
+def test_eval_of_a_multi_stage_recipe_merges_every_stage(tiny_models, tmp_path):
+    a, b = tiny_models
+    recipe = tmp_path / "stages.yaml"
+    recipe.write_text(
+        "name: first\nmerge_method: linear\n"
+        f"models:\n  - model: {a}\n    parameters: {{weight: 0.0}}\n"
+        f"  - model: {b}\n    parameters: {{weight: 1.0}}\n"
+        "---\nmerge_method: linear\n"
+        f"models:\n  - model: first\n    parameters: {{weight: 1.0}}\n"
+        f"  - model: {a}\n    parameters: {{weight: 0.0}}\n"
+    )
+    common = ["task=tiny_digits", f"include=[{FIXTURE_TASKS}]", "evaluator.batch_size=8"]
+    staged, plain = tmp_path / "staged.json", tmp_path / "plain.json"
+    assert run(f"model={recipe}", f"output={staged}", *common).returncode == 0
+    assert run(f"model={b}", f"output={plain}", *common).returncode == 0
+    assert json.loads(staged.read_text()) == json.loads(plain.read_text())
