@@ -4,7 +4,8 @@
 PS+DFS export: the PS recipe is materialized once into `<run_dir>/ps_model` (a plain checkpoint
 whose model card holds the recipe), and the DFS recipe reads that directory like any other model.
 So `python -m evomerge merge <run_dir>/best_recipe.yaml OUT` works as long as `ps_model` exists;
-rebuild it with `python -m evomerge merge PS_RECIPE <run_dir>/ps_model`.
+`best_recipe_standalone.yaml` holds both stages (the PS merge, named `ps_model`, then the path
+over it) and needs only the sources.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 from evomerge.errors import ConfigError
 from evomerge.genome.dfs import DFSSpace
 from evomerge.merge import MergeOptions, merge_to_disk
-from evomerge.recipe import dump_recipe, load_recipe
+from evomerge.merge.stages import Stage, with_results
+from evomerge.recipe import Recipe, dump_recipe, load_recipe
 from evomerge.search.config import SearchConfig
 from evomerge.search.space import model_config, num_layers_of, resolve_reference
 
@@ -99,3 +101,11 @@ def materialize_ps(cfg: SearchConfig, value: Any) -> str:
         return str(out)
     merge_to_disk(recipe, out, MergeOptions(progress=False))
     return str(out)
+
+
+def ps_dfs_stages(cfg: SearchConfig, recipe: Recipe) -> tuple[Stage, Stage]:
+    """A PS+DFS result as one file: stage `ps_model` merges the PS recipe from its sources,
+    the final stage is the path over that stage (`merge`, `eval` and mergekit-multi run it)."""
+    ps = load_recipe(ps_recipe_file(cfg, cfg.space.get("ps_recipe")))
+    ps_dir = str((cfg.run_dir / "ps_model").resolve())
+    return Stage("ps_model", ps), Stage(None, with_results(recipe, {ps_dir: "ps_model"}))

@@ -25,8 +25,10 @@ from evomerge.errors import EvomergeError, MergeError, RecipeError
 from evomerge.evaluate import CandidateFailed, load_tasks, make_backend
 from evomerge.genome import GenomeSpace
 from evomerge.merge import MergeOptions, SourceCache
+from evomerge.merge.stages import dump_stages
 from evomerge.recipe import Recipe, dump_recipe
 from evomerge.search.config import SearchConfig
+from evomerge.search.dfs_space import ps_dfs_stages
 from evomerge.search.scorer import CandidateScorer
 from evomerge.search.space import build_space
 from evomerge.search.study import (
@@ -200,6 +202,19 @@ def write_best_recipe(run_dir: Path, recipe: Recipe, trial: optuna.trial.FrozenT
     write_text_atomic(run_dir / "best_recipe.yaml", header + dump_recipe(recipe))
 
 
+def write_standalone_recipe(
+    cfg: SearchConfig, recipe: Recipe, trial: optuna.trial.FrozenTrial
+) -> None:
+    """PS+DFS: the PS merge and the path in one two-stage file that needs only the sources."""
+    path = cfg.run_dir / "best_recipe_standalone.yaml"
+    header = (
+        f"# best candidate of this run: trial {trial.number}, fitness {trial.value!r}; stage\n"
+        f"# ps_model re-merges the PS result, then the path runs over it:\n"
+        f"# python -m evomerge merge {path} OUT_DIR\n"
+    )
+    write_text_atomic(path, header + dump_stages(ps_dfs_stages(cfg, recipe)))
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -239,6 +254,8 @@ def finish(
         return summary
     recipe = genome_recipe(space, best)
     write_best_recipe(cfg.run_dir, recipe, best)
+    if cfg.space.get("kind") == "ps_dfs":
+        write_standalone_recipe(cfg, recipe, best)
     test = study.user_attrs.get("test_results", {})
     if cfg.score_test and cfg.task.test and test.get("trial") != best.number:
         tasks = load_tasks(cfg.task.test, cfg.evaluator, extra_paths=cfg.task.include)

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
+from safetensors.torch import load_file
 
 from evomerge.config import compose
 from evomerge.errors import ConfigError
@@ -13,6 +15,7 @@ from evomerge.evaluate import EvalSettings, evaluate, fitness, load_tasks, make_
 from evomerge.genome.dfs import DFSSpace
 from evomerge.genome.ps import PSSpace
 from evomerge.merge import merge_to_disk
+from evomerge.merge.stages import load_stages, merge_recipe_file
 from evomerge.recipe import dump_recipe, load_recipe
 from evomerge.search.config import search_config
 from evomerge.search.loop import run_search
@@ -83,6 +86,15 @@ def test_ps_dfs_uses_the_ps_result_as_the_first_source(toy_cache, tmp_path):
     assert len(completed(cfg)) == 3
     recipe = load_recipe(cfg.run_dir / "best_recipe.yaml")
     assert recipe.slices[0].sources[0].model == space.models[0]
+    # the standalone file re-merges the PS stage from the sources: same checkpoint, no ps_model
+    stages = load_stages(cfg.run_dir / "best_recipe_standalone.yaml")
+    assert [s.name for s in stages] == ["ps_model", None]
+    assert stages[0].recipe == load_recipe(ps_file)
+    assert stages[1].recipe.slices[0].sources[0].model == "ps_model"
+    alone = merge_recipe_file(cfg.run_dir / "best_recipe_standalone.yaml", tmp_path / "alone")
+    plain = merge_to_disk(recipe, tmp_path / "plain")
+    a, b = (load_file(d / "model.safetensors") for d in (alone, plain))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # a different PS recipe cannot silently reuse the materialized PS model
     other = tmp_path / "other.yaml"
     other.write_text(dump_recipe(ps.decode(ps.x0() * 0.5)))
