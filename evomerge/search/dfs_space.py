@@ -105,7 +105,7 @@ def materialize_ps(cfg: SearchConfig, value: Any) -> str:
 
 def ps_dfs_stages(cfg: SearchConfig, recipe: Recipe) -> tuple[Stage, Stage]:
     """A PS+DFS result as one file: stage `ps_model` merges the PS recipe from its sources,
-    the final stage is the path over that stage (`merge`, `eval` and mergekit-multi run it)."""
+    the final stage is the path over that stage (`merge` and `eval` run it)."""
     ps = load_recipe(ps_recipe_file(cfg, cfg.space.get("ps_recipe")))
     ps_dir = str((cfg.run_dir / "ps_model").resolve())
     return Stage("ps_model", ps), Stage(None, with_results(recipe, {ps_dir: "ps_model"}))
