@@ -204,8 +204,8 @@ def run_job(
         # copy of each input (N whole tensors at once for the embeddings)
         for i, t in enumerate(tensors):
             rounded = t.to(in_dtype) if in_dtype is not None else t
-            narrow = torch.promote_types(rounded.dtype, compute) == compute
-            tensors[i] = rounded if narrow and i < len(tensors) - 1 else _cast(t, in_dtype, compute)
+            kept = i < len(tensors) - 1 and _converts_exactly(rounded.dtype, compute)
+            tensors[i] = rounded if kept else _cast(t, in_dtype, compute)
         base = tensors.pop()
     else:
         for i, t in enumerate(tensors):
@@ -285,11 +285,20 @@ def _run_blockwise(
     rows = max(1, BLOCK // max(1, tensors[0][0].numel()))
     out = torch.empty(tensors[0].shape, dtype=out_dtype or compute, device=tensors[0].device)
     args = MergeArgs(per_model=job.per_model, shared=job.shared)
+    # as in run_job: x - base converts narrower inputs of task-vector methods exactly
+    subtracted = plan.method.takes_task_vectors and job.has_base
+    keep = [subtracted and _converts_exactly(t.dtype, compute) for t in tensors[:-1]] + [False]
     for start in range(0, out.shape[0], rows):
-        block = [t[start : start + rows].to(compute) for t in tensors]
+        block = [t[start : start + rows] for t in tensors]
+        block = [b if kept else b.to(compute) for b, kept in zip(block, keep, strict=True)]
         base = block.pop() if job.has_base else None
         out[start : start + rows] = plan.method.fn(block, base, args)
     return out
+
+
+def _converts_exactly(dtype: torch.dtype, compute: torch.dtype) -> bool:
+    """Whether arithmetic with a `compute` tensor promotes `dtype` to `compute` (exactly)."""
+    return torch.promote_types(dtype, compute) == compute
 
 
 def _random_draws(
