@@ -36,7 +36,7 @@ from evomerge.search.study import (
     SURPLUS,
     best_trial,
     budget_held,
-    fail_abandoned_trials,
+    budget_held_elsewhere,
     open_study,
     trials_done,
 )
@@ -96,15 +96,7 @@ def run_search(cfg: SearchConfig, *, progress: bool = True) -> dict[str, Any]:
         ) as bar,
     ):
         while trials_done(study) < budget and not stop.requested:
-            # The heartbeat starts right after a trial is created; only a worker killed in
-            # between leaves a trial it never covers. A long grace keeps this from failing a
-            # live worker that is slow to its first parameter (a busy machine, a slow sampler).
-            fail_abandoned_trials(study, grace_s=max(10 * cfg.heartbeat_s, 60))
-            if budget_held(study) >= budget:
-                # The rest of the budget is running on other workers, or on a dead one until
-                # its heartbeat expires: then its trial fails and its genome is retried here.
-                optuna.storages.fail_stale_trials(study)
-                time.sleep(min(cfg.heartbeat_s, 2))
+            if budget_held_elsewhere(study, budget, cfg.heartbeat_s):
                 continue
             try:
                 study.optimize(

@@ -116,6 +116,21 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
+def budget_held_elsewhere(study: optuna.Study, budget: int, heartbeat_s: int) -> bool:
+    """Before a new candidate: True (after a short wait) while running trials hold the rest of
+    the budget, so this worker starts none; their workers finish them, or, when one is dead,
+    its heartbeat expires, the trial fails and its genome is retried by whoever asks next."""
+    # The heartbeat starts right after a trial is created; only a worker killed in between
+    # leaves a trial it never covers. A long grace keeps this from failing a live worker that
+    # is slow to its first parameter (a busy machine, a slow sampler).
+    fail_abandoned_trials(study, grace_s=max(10 * heartbeat_s, 60))
+    if budget_held(study) < budget:
+        return False
+    optuna.storages.fail_stale_trials(study)
+    time.sleep(min(heartbeat_s, 2))
+    return True
+
+
 def fail_abandoned_trials(study: optuna.Study, grace_s: float) -> int:
     """Fail RUNNING trials that a dead worker left before it recorded any parameter.
 
