@@ -37,7 +37,7 @@ from evomerge.toy.tasks import task_examples
 from evomerge.toy.tokenizer import make_tokenizer
 
 # Bump when data, vocabulary, architecture or schedule change: it names the cache directory.
-FAMILY_VERSION = 2
+FAMILY_VERSION = 3
 MANIFEST = "family.json"
 BASE = "base"
 

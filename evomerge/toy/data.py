@@ -6,10 +6,12 @@ Every example is a prompt and the answer the model must write after it, e.g.
     J12+7=   -> 一九.     Japanese mode: the answer is written in kanji digits, one per digit
 
 Prompts start with a mode character (`E` or `J`) and end with `=`; answers end with `.`.
-Skills: sums (`+`), the larger of two numbers (`M`), copy (`C`) and translation of a number
-between the two scripts (`T`). The toy analog of MGSM-JA is `J` sums of a 2-digit and a
-1-digit number, which no model of the family is ever trained on: the math specialist does them
-only in English mode, the language specialist answers in Japanese but cannot add.
+Skills: sums (`+`), the larger of two numbers (`M`), copy (`C`), translation of a number
+between the two scripts (`T`), the successor of a 2-digit number (`S`: `JS37=` -> `三八.`) and
+its double (`D`; in the vocabulary and the skill table, in no mix of toy v3).
+The toy analog of MGSM-JA is `J` sums of a 2-digit and a 1-digit number, which no model of the
+family is ever trained on: the math specialist does them only in English mode, the language
+specialist answers in Japanese but cannot add.
 
 Splits are by prompt body (the prompt without its mode character), so a held-out test problem
 is never trained in either mode. The 2-digit + 1-digit sums have 1,800 distinct bodies: 300 go
@@ -100,6 +102,18 @@ def translate_example(mode: str, a: int) -> Example:
     return _example(f"{mode}T{write_number(a, _script(mode))}=", a, other)
 
 
+def successor_example(mode: str, a: int) -> Example:
+    """`{mode}S{a}=` -> a + 1: a computed number (with a carry when a ends in 9) in the mode's
+    script, so the base learns to write computed values, not only copied digits, in kanji."""
+    return _example(f"{mode}S{a}=", a + 1, mode)
+
+
+def double_example(mode: str, a: int) -> Example:
+    """`{mode}D{a}=` -> 2a (tried as a base skill; it made the base and both parents stronger
+    at sums and the merges no better)."""
+    return _example(f"{mode}D{a}=", 2 * a, mode)
+
+
 def _number(rng: random.Random, digits: int) -> int:
     lo = 10 ** (digits - 1) if digits > 1 else 0
     return rng.randint(lo, 10**digits - 1)
@@ -128,6 +142,14 @@ def _copy(rng: random.Random, mode: str) -> Example:
     return copy_example(mode, _number(rng, rng.choice([2, 3])))
 
 
+def _successor(rng: random.Random, mode: str) -> Example:
+    return successor_example(mode, rng.randint(10, 98))
+
+
+def _double(rng: random.Random, mode: str) -> Example:
+    return double_example(mode, rng.randint(10, 99))
+
+
 def _translate(rng: random.Random, mode: str) -> Example:
     return translate_example(mode, _number(rng, rng.choice([2, 3])))
 
@@ -144,6 +166,8 @@ def _skills() -> dict[str, Generator]:
         table[f"{m}_max"] = partial(_max, mode=m)
         table[f"{m}_copy"] = partial(_copy, mode=m)
         table[f"{m}_tr"] = partial(_translate, mode=m)
+        table[f"{m}_succ"] = partial(_successor, mode=m)
+        table[f"{m}_dbl"] = partial(_double, mode=m)
     return table
 
 

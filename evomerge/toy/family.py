@@ -25,6 +25,9 @@ from evomerge.toy.tokenizer import EOS, PAD, TOKEN_ID, VOCAB, encode
 # two answer scripts; a little Japanese copy teaches the Japanese answer format; 1+1 sums and a
 # few 2+1 sums give the base the weak math (~30%) the math specialists sharpen. No Japanese
 # sums and no Japanese max: a base that had them made the parents too good at the target.
+# The successor task in both modes (toy v3) writes a *computed* number, carry included, in
+# each script: without it merges almost never got a sum that carries right in kanji (1 of 126
+# on toy v2, 17% with it) and the language specialist was better at the target (15% vs 8%).
 BASE_MIX: dict[str, float] = {
     "E_add11": 0.1,
     "E_add21": 0.06,
@@ -33,6 +36,8 @@ BASE_MIX: dict[str, float] = {
     "E_tr": 1.0,
     "J_tr": 1.0,
     "J_copy": 0.3,
+    "E_succ": 0.05,
+    "J_succ": 0.05,
 }
 
 

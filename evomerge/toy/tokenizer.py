@@ -25,6 +25,8 @@ VOCAB: tuple[str, ...] = (
     *MODES,
     *"+MCT=",
     END,
+    "S",  # toy v3: the successor task
+    "D",  # toy v3: the doubling task (a skill the research tried; no v3 mix trains it)
 )
 TOKEN_ID = {tok: i for i, tok in enumerate(VOCAB)}
 

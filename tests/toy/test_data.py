@@ -12,6 +12,7 @@ from evomerge.toy.data import (
     parse_body,
     read_answer,
     sample_mix,
+    successor_example,
     sum21_bodies,
     write_number,
 )
@@ -30,6 +31,15 @@ def test_read_answer_rejects_mixed_or_empty() -> None:
     assert read_answer("1九.") == (None, None)
     assert read_answer("") == (None, None)
     assert read_answer(" 一九 ") == (19, "ja")
+
+
+def test_successor_writes_the_computed_value_in_the_modes_script() -> None:
+    ex = successor_example("J", 39)
+    assert (ex.prompt, ex.answer, ex.value, ex.script) == ("JS39=", "四〇.", 40, "ja")
+    assert successor_example("E", 39).answer == "40."
+    rng = random.Random(0)
+    for mode in ("E", "J"):
+        assert all(10 <= SKILLS[f"{mode}_succ"](rng).value <= 99 for _ in range(200))
 
 
 def test_splits_are_disjoint_and_sized() -> None:
