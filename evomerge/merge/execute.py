@@ -199,14 +199,18 @@ def run_job(
     if vectors:  # the search: only the base is needed besides the kept task vectors
         base: torch.Tensor | None = _cast(tensors[-1], in_dtype, compute)
         tensors = []
-    elif plan.method.takes_task_vectors and job.has_base:
-        # x - base with a float32 base converts a narrower x exactly, on the fly: no float32
-        # copy of each input (N whole tensors at once for the embeddings)
+    elif (plan.method.takes_task_vectors and job.has_base) or plan.method.converts_inputs:
+        # Inputs narrower than the compute dtype are passed as they are, not as whole float32
+        # copies (N whole tensors at once for the embeddings): x - base with a float32 base
+        # converts x exactly on the fly, and converts_inputs methods convert row blocks.
         for i, t in enumerate(tensors):
             rounded = t.to(in_dtype) if in_dtype is not None else t
-            kept = i < len(tensors) - 1 and _converts_exactly(rounded.dtype, compute)
+            is_base = job.has_base and i == len(tensors) - 1
+            kept = (plan.method.converts_inputs or not is_base) and _converts_exactly(
+                rounded.dtype, compute
+            )
             tensors[i] = rounded if kept else _cast(t, in_dtype, compute)
-        base = tensors.pop()
+        base = tensors.pop() if job.has_base else None
     else:
         for i, t in enumerate(tensors):
             tensors[i] = _cast(t, in_dtype, compute)

@@ -107,6 +107,7 @@ class Method:
     max_models: int | None = None
     seeded: bool = False
     takes_task_vectors: bool = False  # uses MergeArgs.task_vectors when given
+    converts_inputs: bool = False  # gets inputs narrower than float32 as they are (see run_job)
     reference: str = ""
     cross_check: CrossCheck | None = None
 

@@ -6,7 +6,8 @@ operation order so float32 results agree); the deliberate differences are listed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -30,43 +31,51 @@ def slerp(tensors: Sequence[Tensor], base: Tensor | None, args: MergeArgs) -> Te
     """Spherical interpolation from the base (t=0) to the other model (t=1), whole tensor.
 
     Angles come from the normalized flattened tensors; nearly collinear pairs fall back to
-    linear interpolation, as in mergekit.
+    linear interpolation, as in mergekit. Inputs may be narrower than float32 (the registry's
+    `converts_inputs`): row blocks are converted as they are used, so no whole-tensor float32
+    copy exists besides the result.
     """
     if base is None:
         raise ValueError("slerp needs a base tensor")
     v0, v1 = base, tensors[0]
+    compute = torch.promote_types(torch.promote_types(v0.dtype, v1.dtype), torch.float32)
     t = float(args.shared["t"])
-    a, b = v0.reshape(-1), v1.reshape(-1)
-    norm_a, norm_b = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
-    norm_a = torch.where(norm_a > 1e-8, norm_a, 1.0)
-    norm_b = torch.where(norm_b > 1e-8, norm_b, 1.0)
-    # cos = <a, b> / (|a| |b|): dot products of row blocks summed in float64, with no
-    # whole-tensor temporaries (mergekit normalizes both copies first; same value to ~1e-7)
-    dot = sum(float(torch.dot(x, y)) for x, y in zip(a.split(BLOCK), b.split(BLOCK), strict=True))
-    dot = min(max(dot / (float(norm_a) * float(norm_b)), -1.0), 1.0)
+    # |a|^2, |b|^2 and <a, b> from row blocks, summed in float64 (mergekit normalizes whole
+    # copies first; the same value to ~1e-7)
+    aa = bb = ab = 0.0
+    for x, y in zip(_blocks(v0, compute), _blocks(v1, compute), strict=True):
+        aa += float(torch.dot(x, x))
+        bb += float(torch.dot(y, y))
+        ab += float(torch.dot(x, y))
+    norm_a = math.sqrt(aa) if math.sqrt(aa) > 1e-8 else 1.0
+    norm_b = math.sqrt(bb) if math.sqrt(bb) > 1e-8 else 1.0
+    dot = min(max(ab / (norm_a * norm_b), -1.0), 1.0)
     if abs(dot) > 0.9995:
-        return _mix(1 - t, v0, t, v1)
+        return _mix(1 - t, v0, t, v1, compute)
     theta = torch.acos(torch.tensor(dot, dtype=torch.float64))
     sin_theta = torch.sin(theta)
     coef_0 = float(torch.sin((1 - t) * theta) / sin_theta)
     coef_1 = float(torch.sin(t * theta) / sin_theta)
-    return _mix(coef_0, v0, coef_1, v1)
+    return _mix(coef_0, v0, coef_1, v1, compute)
 
 
 BLOCK = 1 << 20  # entries per block of the whole-tensor interpolations: 4 MB of float32
 
 
-def _mix(c0: float, v0: Tensor, c1: float, v1: Tensor) -> Tensor:
-    """c0 v0 + c1 v1 (each product rounded, then the sum), one row block at a time: the
-    temporaries stay in cache instead of being whole tensors."""
-    out = torch.empty_like(v0)
-    flat, x0, x1 = out.view(-1), v0.reshape(-1), v1.reshape(-1)
-    scratch = torch.empty(min(BLOCK, flat.numel()), dtype=v0.dtype, device=v0.device)
-    for start in range(0, flat.numel(), BLOCK):
-        block = slice(start, start + BLOCK)
-        torch.mul(x0[block], c0, out=flat[block])
-        n = flat[block].numel()
-        flat[block].add_(torch.mul(x1[block], c1, out=scratch[:n]))
+def _blocks(v: Tensor, compute: torch.dtype) -> Iterator[Tensor]:
+    """v flattened, one row block at a time, in the compute dtype."""
+    for block in v.reshape(-1).split(BLOCK):
+        yield block.to(compute)
+
+
+def _mix(c0: float, v0: Tensor, c1: float, v1: Tensor, compute: torch.dtype) -> Tensor:
+    """c0 v0 + c1 v1 in `compute` (each product rounded, then the sum), one row block at a
+    time: the temporaries stay in cache instead of being whole tensors."""
+    out = torch.empty(v0.shape, dtype=compute, device=v0.device)
+    blocks = zip(out.view(-1).split(BLOCK), _blocks(v0, compute), _blocks(v1, compute), strict=True)
+    for block, x0, x1 in blocks:
+        torch.mul(x0, c0, out=block)
+        block.add_(x1 * c1)
     return out
 
 

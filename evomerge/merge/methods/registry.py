@@ -139,6 +139,7 @@ METHODS: Mapping[str, Method] = {
             shared={"t": Param(float)},
             needs_base=True,
             max_models=1,
+            converts_inputs=True,
         ),
         Method(
             "nuslerp",
