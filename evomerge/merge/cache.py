@@ -62,6 +62,9 @@ class SourceCache:
             return cached
         tensor = self._readers[ref].read(name).to(device)
         if self.preload:
+            # kept for a whole search: its own memory, not a map of a file that may change
+            if tensor.device.type == "cpu":
+                tensor = tensor.clone()
             self._tensors[key] = tensor
         return tensor
 
