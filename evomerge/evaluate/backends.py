@@ -3,7 +3,7 @@
 HFBackend: a transformers model (CPU or GPU) wrapped once in lm-eval's HFLM; the merge core
 writes each candidate's tensors straight into its parameters (no reload, no re-instantiation).
 VLLMBackend: one vLLM engine for the whole search; each candidate is merged into a host-side
-shadow model and its tensors are pushed into the engine with `reload_weights`.
+shadow model and its tensors are pushed into the engine by the model's own `load_weights`.
 """
 
 from __future__ import annotations
