@@ -12,6 +12,14 @@ def run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def scores(model, out: Path) -> dict:
+    """`eval model=...` on the fixture task through the command; the scores it wrote."""
+    common = ["task=tiny_digits", f"include=[{FIXTURE_TASKS}]", "evaluator.batch_size=8"]
+    r = run(f"model={model}", f"output={out}", *common)
+    assert r.returncode == 0, r.stderr
+    return json.loads(out.read_text())
+
+
 def test_eval_prints_a_table_and_writes_json(tiny_models, tmp_path):
     out = tmp_path / "scores.json"
     r = run(
@@ -52,11 +60,7 @@ def test_eval_of_a_recipe_merges_it_first(tiny_models, tmp_path):
         f"models:\n  - model: {a}\n    parameters: {{weight: 1.0}}\n"
         f"  - model: {b}\n    parameters: {{weight: 0.0}}\n"
     )
-    common = ["task=tiny_digits", f"include=[{FIXTURE_TASKS}]", "evaluator.batch_size=8"]
-    merged, plain = tmp_path / "merged.json", tmp_path / "plain.json"
-    assert run(f"model={recipe}", f"output={merged}", *common).returncode == 0
-    assert run(f"model={a}", f"output={plain}", *common).returncode == 0
-    assert json.loads(merged.read_text()) == json.loads(plain.read_text())
+    assert scores(recipe, tmp_path / "merged.json") == scores(a, tmp_path / "plain.json")
 
 
 def test_eval_of_a_multi_stage_recipe_merges_every_stage(tiny_models, tmp_path):
@@ -70,8 +74,4 @@ def test_eval_of_a_multi_stage_recipe_merges_every_stage(tiny_models, tmp_path):
         f"models:\n  - model: first\n    parameters: {{weight: 1.0}}\n"
         f"  - model: {a}\n    parameters: {{weight: 0.0}}\n"
     )
-    common = ["task=tiny_digits", f"include=[{FIXTURE_TASKS}]", "evaluator.batch_size=8"]
-    staged, plain = tmp_path / "staged.json", tmp_path / "plain.json"
-    assert run(f"model={recipe}", f"output={staged}", *common).returncode == 0
-    assert run(f"model={b}", f"output={plain}", *common).returncode == 0
-    assert json.loads(staged.read_text()) == json.loads(plain.read_text())
+    assert scores(recipe, tmp_path / "staged.json") == scores(b, tmp_path / "plain.json")
