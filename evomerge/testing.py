@@ -23,6 +23,16 @@ ARCHITECTURES = {
 }
 _SPECIALS = ["<unk>", "<s>", "</s>"]
 
+# Hydra overrides for a search that takes seconds: the small toy family, a population of 4 and
+# 40 prompts per candidate on one thread (the tests' and scripts/reliability.py's searches).
+SMALL_SEARCH = (
+    "models.toy_size=small",
+    "optimizer.population_size=4",
+    "evaluator.limit=40",
+    "evaluator.batch_size=40",
+    "threads=1",
+)
+
 
 def make_tiny_llama(
     path: str | Path,

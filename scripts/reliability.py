@@ -24,16 +24,12 @@ from hypothesis import HealthCheck, given, settings
 
 from evomerge.errors import MergeError, RecipeError
 from evomerge.reliability import as_dict, kill_merges, kill_search, ties_recipe
-from evomerge.testing import make_tiny_llama
+from evomerge.testing import SMALL_SEARCH, make_tiny_llama
 from evomerge.testing_fuzz import check_recipe_text, recipe_texts
 from evomerge.toy import ensure_family
 
 SEARCH = [
-    "models.toy_size=small",
-    "optimizer.population_size=4",
-    "evaluator.limit=40",
-    "evaluator.batch_size=40",
-    "threads=1",
+    *SMALL_SEARCH,
     "heartbeat_s=1",
     "score_test=false",
 ]

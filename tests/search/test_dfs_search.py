@@ -21,13 +21,10 @@ from evomerge.search.config import search_config
 from evomerge.search.loop import run_search
 from evomerge.search.space import build_space, resolve_reference
 from evomerge.search.study import FAILURE
+from evomerge.testing import SMALL_SEARCH
 
 FAST = [
-    "models.toy_size=small",
-    "optimizer.population_size=4",
-    "evaluator.limit=40",
-    "evaluator.batch_size=40",
-    "threads=1",
+    *SMALL_SEARCH,
     "space.scaling=model_pair",
 ]
 

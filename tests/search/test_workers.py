@@ -20,14 +20,11 @@ import pytest
 from optuna.trial import TrialState
 
 from evomerge.search.study import SURPLUS, sqlalchemy_url, trials_done
+from evomerge.testing import SMALL_SEARCH
 from evomerge.testing_postgres import ENV_URL, create_database, server_bin_dir, throwaway_server
 
 FAST = [
-    "models.toy_size=small",
-    "optimizer.population_size=4",
-    "evaluator.limit=40",
-    "evaluator.batch_size=40",
-    "threads=1",
+    *SMALL_SEARCH,
     "heartbeat_s=2",  # grace 4 s: a busy CI machine must not look dead
     "score_test=false",
 ]
