@@ -37,7 +37,7 @@ from evomerge.toy.tasks import task_examples
 from evomerge.toy.tokenizer import make_tokenizer
 
 # Bump when data, vocabulary, architecture or schedule change: it names the cache directory.
-FAMILY_VERSION = 3
+FAMILY_VERSION = 4
 MANIFEST = "family.json"
 BASE = "base"
 
@@ -89,9 +89,9 @@ def load_family(root: Path) -> ToyFamily:
 
 
 @contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[int]:
-    """Run with `threads` torch threads (default: every core), then restore the old count."""
-    n = threads or os.cpu_count() or 1
+def torch_threads(threads: int) -> Iterator[int]:
+    """Run with `threads` torch threads, then restore the old count."""
+    n = threads
     if n < 1:
         raise ConfigError(f"threads must be >= 1, got {n}")
     old = torch.get_num_threads()
@@ -122,7 +122,15 @@ def _train_all(cfg: FamilyConfig, out: Path, progress: bool) -> dict[str, Any]:
 
         bar.set_description(BASE)
         model = make_model(cfg)
-        train(model, BASE_MIX, steps=cfg.base_steps, lr=cfg.base_lr, cfg=cfg, seed=1, on_step=tick)
+        train(
+            model,
+            BASE_MIX,
+            steps=cfg.base_steps,
+            lr=cfg.base_lr,
+            cfg=cfg,
+            seed=cfg.data_seed,
+            on_step=tick,
+        )
         base_state = {k: v.clone() for k, v in model.state_dict().items()}
         _save(model, out / BASE)
         models[BASE] = {"scores": probe_scores(model, cfg)}
@@ -134,7 +142,7 @@ def _train_all(cfg: FamilyConfig, out: Path, progress: bool) -> dict[str, Any]:
                 model,
                 mix,
                 steps=cfg.steps(spec),
-                lr=cfg.finetune_lr,
+                lr=cfg.lr(spec),
                 cfg=cfg,
                 seed=spec.seed,
                 on_step=tick,
@@ -153,7 +161,8 @@ def build_family(
 ) -> ToyFamily:
     """Train the family of `size` ("full" or "small") into `out_dir`, which must not exist.
 
-    Deterministic: the same size, seed and thread count give the same bytes.
+    Deterministic: the same size, seed and thread count give the same bytes. `threads`
+    defaults to the size's `FamilyConfig.threads`, so every machine builds the same family.
     """
     out = Path(out_dir)
     if out.exists():
@@ -163,7 +172,7 @@ def build_family(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         start = time.perf_counter()
-        with torch_threads(threads) as n:
+        with torch_threads(cfg.threads if threads is None else threads) as n:
             models = _train_all(cfg, tmp, progress)
         manifest = {
             "version": FAMILY_VERSION,

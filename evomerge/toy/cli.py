@@ -17,7 +17,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m evomerge toy", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, help="build into this new directory (default: the cache)")
     p.add_argument("--size", choices=sorted(SIZES), default="full", help="default: full")
-    p.add_argument("--threads", type=int, help="torch threads for training (default: every core)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads for training (default: the size's own, 2 for full, so that every "
+        "machine builds the same bytes)",
+    )
     return p.parse_args(argv)
 
 

@@ -1,11 +1,21 @@
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.errors import ConfigError
-from evomerge.toy import FAMILY_VERSION, ToyFamily, build, build_family, ensure_family, load_family
+from evomerge.toy import (
+    FAMILY_VERSION,
+    SIZES,
+    ToyFamily,
+    build,
+    build_family,
+    ensure_family,
+    load_family,
+)
 from evomerge.toy.cli import main as toy_main
 from evomerge.toy.probe import score
 from evomerge.toy.tasks import task_examples
@@ -35,6 +45,29 @@ def test_same_seed_gives_the_same_bytes(small_family: ToyFamily, tmp_path: Path)
         a = (small_family.path(name) / "model.safetensors").read_bytes()
         b = (again.path(name) / "model.safetensors").read_bytes()
         assert a == b, name
+
+
+def test_a_build_uses_the_sizes_thread_count_unless_told(
+    small_family: ToyFamily, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = SIZES["small"]
+    monkeypatch.setitem(SIZES, "small", replace(small, threads=2))
+    seen: list[int] = []
+    monkeypatch.setattr(build, "_train_all", lambda *a: seen.append(torch.get_num_threads()) or {})
+    assert build_family(tmp_path / "a", "small").manifest["threads"] == 2
+    assert build_family(tmp_path / "b", "small", threads=1).manifest["threads"] == 1
+    assert seen == [2, 1]
+    assert small_family.manifest["threads"] == 1
+
+
+def test_each_specialist_trains_at_its_own_rate_and_length() -> None:
+    cfg = SIZES["full"]
+    math_en, lang_ja = cfg.specialists
+    assert cfg.lr(math_en) == pytest.approx(cfg.finetune_lr * math_en.lr_scale)
+    assert cfg.steps(math_en) == round(cfg.finetune_steps * math_en.steps_scale)
+    assert cfg.total_steps == cfg.base_steps + cfg.steps(math_en) + cfg.steps(lang_ja)
+    with pytest.raises(ConfigError, match="threads"):
+        replace(cfg, threads=0)
 
 
 def test_specialists_differ_from_the_base(small_family: ToyFamily) -> None:
