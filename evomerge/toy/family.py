@@ -127,11 +127,11 @@ SIZES: dict[str, FamilyConfig] = {
     # made merges more linear than 128 (uniform-merge gain +19 vs +12); 256 learned too little
     # math in the same steps. Fine-tunes at lr 2e-4 (math_en 3e-4) keep the deltas small.
     # Toy v4: 2,500 base steps (not 1,500) carry the sum skill much better into Japanese mode
-    # (merges' Japanese sums over their English sums: 0.37 -> 0.6-0.9). How well the base
-    # happens to learn 2-digit sums from its small share still decides the gain: the lower,
-    # the weaker lang_ja on the target and the larger the gain. This initialization / data
-    # draw gives the base 31% English sums and the gain the toy is for (+33.7); two other
-    # draws gave bases of 40% and 55% and gains of +18 and +12 (results/README.md).
+    # (the best merge's Japanese sums over its English sums: 0.37 -> 0.61). How well the base
+    # happens to learn 2-digit sums from its small share still decides the gain: the better,
+    # the more of the target lang_ja answers by itself. This initialization / data
+    # draw gives the base 31% English sums and the gain the toy is for (+33.7); three other
+    # draws gave gains of +18, +12 and +11 (results/README.md, "What was tried for v4").
     "full": FamilyConfig(
         hidden=192,
         layers=6,
