@@ -91,13 +91,12 @@ def load_family(root: Path) -> ToyFamily:
 @contextlib.contextmanager
 def torch_threads(threads: int) -> Iterator[int]:
     """Run with `threads` torch threads, then restore the old count."""
-    n = threads
-    if n < 1:
-        raise ConfigError(f"threads must be >= 1, got {n}")
+    if threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}")
     old = torch.get_num_threads()
-    torch.set_num_threads(n)
+    torch.set_num_threads(threads)
     try:
-        yield n
+        yield threads
     finally:
         torch.set_num_threads(old)
 

@@ -56,9 +56,9 @@ class Specialist:
 
 
 SPECIALISTS: tuple[Specialist, ...] = (
-    # 600 steps at lr 3e-4 (toy v4): from a base that does 2-digit sums at about 30%, 400 steps
-    # at 2e-4 left it under its 80% bar on some initializations (75%); the merges keep their
-    # gain with the larger delta (results/README.md, "What was tried for v4").
+    # 600 steps at lr 3e-4 (toy v4): from a base that does 2-digit sums at 20-30%, 400 steps at
+    # 2e-4 left it under its 80% bar (75% in one run); on the v4 base the merges gained +28 to
+    # +34 whatever the math fine-tune (results/README.md, "What was tried for v4").
     Specialist(
         "math_en",
         {"E_add21": 1.0},
