@@ -8,7 +8,7 @@ Every example is a prompt and the answer the model must write after it, e.g.
 Prompts start with a mode character (`E` or `J`) and end with `=`; answers end with `.`.
 Skills: sums (`+`), the larger of two numbers (`M`), copy (`C`), translation of a number
 between the two scripts (`T`), the successor of a 2-digit number (`S`: `JS37=` -> `三八.`) and
-its double (`D`; in the vocabulary and the skill table, in no mix of toy v3).
+its double (`D`; in the vocabulary and the skill table, in no mix of toy v3 or v4).
 The toy analog of MGSM-JA is `J` sums of a 2-digit and a 1-digit number, which no model of the
 family is ever trained on: the math specialist does them only in English mode, the language
 specialist answers in Japanese but cannot add.

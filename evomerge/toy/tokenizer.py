@@ -26,7 +26,7 @@ VOCAB: tuple[str, ...] = (
     *"+MCT=",
     END,
     "S",  # toy v3: the successor task
-    "D",  # toy v3: the doubling task (a skill the research tried; no v3 mix trains it)
+    "D",  # toy v3: the doubling task (a skill the research tried; no mix of v3 or v4 trains it)
 )
 TOKEN_ID = {tok: i for i, tok in enumerate(VOCAB)}
 
