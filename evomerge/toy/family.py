@@ -128,10 +128,11 @@ SIZES: dict[str, FamilyConfig] = {
     # math in the same steps. Fine-tunes at lr 2e-4 (math_en 3e-4) keep the deltas small.
     # Toy v4: 2,500 base steps (not 1,500) carry the sum skill much better into Japanese mode
     # (the best merge's Japanese sums over its English sums: 0.37 -> 0.61). How well the base
-    # happens to learn 2-digit sums from its small share still decides the gain: the better,
-    # the more of the target lang_ja answers by itself. This initialization / data
-    # draw gives the base 31% English sums and the gain the toy is for (+33.7); three other
-    # draws gave gains of +18, +12 and +11 (results/README.md, "What was tried for v4").
+    # and the language fine-tune happen to carry 2-digit sums into Japanese mode still decides
+    # the gain: the better, the more of the target lang_ja answers by itself. This
+    # initialization / data draw leaves lang_ja at 4% on the target and gives the gain the toy
+    # is for (+33.7); three other draws gave +18, +12 and +11 (results/README.md, "What was
+    # tried for v4").
     "full": FamilyConfig(
         hidden=192,
         layers=6,
