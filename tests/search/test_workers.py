@@ -70,7 +70,7 @@ def trials(storage: str) -> list[optuna.trial.FrozenTrial]:
 
 def trial_numbered(storage: str, number: int) -> optuna.trial.FrozenTrial:
     """The trial with that number, read again until it shows: right after a SIGKILL, a read of
-    the study was seen (2 runs in ~12 here) to return fewer trials than the number implies."""
+    the study was seen (2 runs in 24 here) to return fewer trials than the number implies."""
     end = time.monotonic() + 30
     while True:
         ts = trials(storage)
