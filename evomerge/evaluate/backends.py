@@ -144,6 +144,7 @@ class VLLMBackend:
                 max_model_len=self.settings.max_length,
                 trust_remote_code=self.settings.trust_remote_code,
             )
+            self._lm.model = QuietLLM(self._lm.model)
         return self._lm
 
     @property
@@ -171,6 +172,26 @@ class VLLMBackend:
         ]
         check_finite_weights((n, t) for n, t in named if n not in finite)
         push_weights(self.lm.model, named)
+
+
+class QuietLLM:
+    """A vllm.LLM whose `generate` never draws its own progress bar.
+
+    lm-eval asks for vLLM's bar whenever batch_size is "auto"; one bar per candidate floods
+    the search's output, and with tqdm disabled (TQDM_DISABLE=1, as the search sets) vLLM
+    0.26 divides its token count by the disabled bar's zero elapsed time and raises
+    ZeroDivisionError. Everything else is the engine's own.
+    """
+
+    def __init__(self, llm: Any) -> None:
+        self._llm = llm
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["use_tqdm"] = False
+        return self._llm.generate(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._llm, name)
 
 
 def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -1,7 +1,7 @@
 """The vLLM backend's weight push, checked against a recording engine (the GPU run is separate)."""
 
 import sys
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
@@ -86,3 +86,30 @@ def test_a_vllm_that_cannot_be_imported_is_an_error_naming_the_module(tiny_model
     backend = VLLMBackend(tiny_models[0], EvalSettings(backend="vllm", device="cuda"))
     with pytest.raises(EvaluationError, match=r"could not import vLLM .*vllm_causallms"):
         _ = backend.lm
+
+
+def test_the_engine_never_draws_its_own_progress_bar(tiny_models, monkeypatch):
+    """lm-eval asks vLLM for a bar per call; with tqdm disabled vLLM 0.26 then divides by 0."""
+    calls = []
+
+    class FakeLLM:
+        llm_engine = "engine"
+
+        def generate(self, prompts, sampling_params=None, use_tqdm=True, lora_request=None):
+            calls.append(use_tqdm)
+            return ["out"] * len(prompts)
+
+    class FakeVLLM:  # lm-eval's wrapper: builds the engine, then calls generate(use_tqdm=True)
+        def __init__(self, **kwargs):
+            self.model = FakeLLM()
+
+        def generate_until(self, prompts):
+            return self.model.generate(prompts, sampling_params=None, use_tqdm=True)
+
+    fake = ModuleType("lm_eval.models.vllm_causallms")
+    fake.VLLM = FakeVLLM  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "lm_eval.models.vllm_causallms", fake)
+    backend = VLLMBackend(tiny_models[0], EvalSettings(backend="vllm", device="cuda"))
+    assert backend.lm.generate_until(["a", "b"]) == ["out", "out"]
+    assert calls == [False]
+    assert backend.lm.model.llm_engine == "engine"  # the rest is the engine's own
