@@ -150,6 +150,20 @@ def objective(
     return scored.fitness
 
 
+def progress_fields(best: optuna.trial.FrozenTrial, last: optuna.trial.FrozenTrial) -> dict:
+    """The progress bar's postfix: best and latest fitness, and the latest candidate's seconds.
+
+    A latest fitness of 0.0 is shown as 0.0000 (a candidate that scored nothing), never as nan.
+    """
+    secs = (last.user_attrs.get("merge_s", 0) + last.user_attrs.get("eval_s", 0)) or None
+    value = float("nan") if last.value is None else last.value
+    return {
+        "best": f"{best.value:.4f}",
+        "last": f"{value:.4f}",
+        "s_per_cand": f"{secs:.2f}" if secs else "-",
+    }
+
+
 def record(
     cfg: SearchConfig, study: optuna.Study, space: GenomeSpace, bar: tqdm, best_number: int
 ) -> int:
@@ -162,13 +176,7 @@ def record(
     # The latest scored candidate (any worker's); `study.trials` would deep-copy them all.
     scored = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     last = max(scored, key=lambda t: t.number)
-    secs = (last.user_attrs.get("merge_s", 0) + last.user_attrs.get("eval_s", 0)) or None
-    bar.set_postfix(
-        best=f"{best.value:.4f}",
-        last=f"{last.value or float('nan'):.4f}",
-        s_per_cand=f"{secs:.2f}" if secs else "-",
-        refresh=False,
-    )
+    bar.set_postfix(progress_fields(best, last), refresh=False)
     if best.number != best_number:
         write_best_recipe(cfg.run_dir, genome_recipe(space, best), best)
     return best.number

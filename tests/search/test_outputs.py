@@ -1,8 +1,9 @@
-"""export and report on a finished run."""
+"""export and report on a finished run; the progress bar's fields."""
 
 import subprocess
 import sys
 
+import optuna
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -11,7 +12,7 @@ from evomerge.config import compose, dump_config
 from evomerge.errors import SearchError
 from evomerge.search.config import search_config
 from evomerge.search.export import export_run
-from evomerge.search.loop import run_search
+from evomerge.search.loop import progress_fields, run_search
 from evomerge.search.report import write_report
 
 
@@ -64,3 +65,9 @@ def test_commands_refuse_a_directory_that_is_not_a_run(tmp_path):
         )
         assert r.returncode == 2
         assert str(tmp_path) in r.stderr
+
+
+def test_the_progress_bar_shows_a_zero_fitness_as_zero():
+    best = optuna.trial.create_trial(value=0.45, user_attrs={"merge_s": 0.1, "eval_s": 1.2})
+    last = optuna.trial.create_trial(value=0.0, user_attrs={"merge_s": 0.1, "eval_s": 0.9})
+    assert progress_fields(best, last) == {"best": "0.4500", "last": "0.0000", "s_per_cand": "1.00"}
