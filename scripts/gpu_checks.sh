@@ -12,7 +12,6 @@ mkdir -p "$LOG_DIR"
 T0=$(date +%s)
 DEADLINE=${DEADLINE:-540}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export EVOMERGE_CACHE=${EVOMERGE_CACHE:-$LOG_DIR/cache}
 left() { echo $((DEADLINE - ($(date +%s) - T0))); }
 step() { # step NAME CAP command...
   local name=$1 cap=$2 l t s rc
