@@ -30,10 +30,10 @@ step() { # step NAME CAP command...
   grep -v "step/s" "$LOG_DIR/$name.log" | tail -n 25
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-step setup 180 bash -c 'python -c "import torch, transformers, vllm; print(\"torch\", torch.__version__, \"transformers\", transformers.__version__, \"vllm\", vllm.__version__)" && python -m evomerge toy --size small'
-step push 330 python -m pytest -m gpu tests/evaluate/test_vllm_gpu.py -k pushed -x -v -s -p no:cacheprovider --durations=0
-step cuda 60 python -m pytest -m gpu tests/merge/test_cuda.py -v -p no:cacheprovider
-step search 200 python -m pytest -m gpu tests/evaluate/test_vllm_gpu.py -k search -x -v -p no:cacheprovider --durations=0
-step bench_vllm 150 python scripts/bench_search.py --candidates 10 --json "$LOG_DIR/bench_vllm.json" models.toy_size=small evaluator=vllm evaluator.max_length=null evaluator.gpu_memory_utilization=0.3
-step bench_hf_gpu 90 python scripts/bench_search.py --candidates 10 models.toy_size=small evaluator.device=cuda
+step setup 180 bash -c 'python3 -c "import torch, transformers, vllm; print(\"torch\", torch.__version__, \"transformers\", transformers.__version__, \"vllm\", vllm.__version__)" && python3 -m evomerge toy --size small'
+step push 330 python3 -m pytest -m gpu tests/evaluate/test_vllm_gpu.py -k pushed -x -v -s -p no:cacheprovider --durations=0
+step cuda 60 python3 -m pytest -m gpu tests/merge/test_cuda.py -v -p no:cacheprovider
+step search 200 python3 -m pytest -m gpu tests/evaluate/test_vllm_gpu.py -k search -x -v -p no:cacheprovider --durations=0
+step bench_vllm 150 python3 scripts/bench_search.py --candidates 10 --json "$LOG_DIR/bench_vllm.json" models.toy_size=small evaluator=vllm evaluator.max_length=null evaluator.gpu_memory_utilization=0.3
+step bench_hf_gpu 90 python3 scripts/bench_search.py --candidates 10 models.toy_size=small evaluator.device=cuda
 echo "== done at +$(($(date +%s) - T0)) s"
