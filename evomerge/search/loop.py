@@ -150,7 +150,9 @@ def objective(
     return scored.fitness
 
 
-def progress_fields(best: optuna.trial.FrozenTrial, last: optuna.trial.FrozenTrial) -> dict:
+def progress_fields(
+    best: optuna.trial.FrozenTrial, last: optuna.trial.FrozenTrial
+) -> dict[str, str]:
     """The progress bar's postfix: best and latest fitness, and the latest candidate's seconds.
 
     A latest fitness of 0.0 is shown as 0.0000 (a candidate that scored nothing), never as nan.
