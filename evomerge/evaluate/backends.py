@@ -200,7 +200,9 @@ def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:
     Each worker runs the model's own `load_weights`, the loader vLLM ran at start-up: it maps
     Hugging Face names onto vLLM's fused parameters (qkv_proj, gate_up_proj) and copies into
     the existing GPU tensors, so captured CUDA graphs stay valid. The backend never asks vLLM
-    to quantize, so there is no post-load processing to redo.
+    to quantize, so there is no post-load processing to redo. A parameter the pushed names miss
+    entirely is an error; vLLM counts a fused parameter as loaded once any of its parts is, so
+    callers push the whole state dict (VLLMBackend does), never a subset.
     """
     weights = list(named)
 
