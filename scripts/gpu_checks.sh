@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks in one go, for a CUDA machine with vLLM installed (pip install -e '.[vllm]'):
-# the gpu-marked tests (CUDA merges, the vLLM push, a search with evaluator=vllm) and the
+# the GPU and vLLM tests (CUDA merges, the vLLM push, a search with evaluator=vllm) and the
 # per-candidate figures of both backends on the small toy family.
 #
 #   bash scripts/gpu_checks.sh [LOG_DIR]      # DEADLINE=seconds (default 540) caps the run
@@ -32,9 +32,9 @@ step() { # step NAME CAP command...
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 step setup 180 bash -c 'python3 -c "import torch, transformers, vllm; print(\"torch\", torch.__version__, \"transformers\", transformers.__version__, \"vllm\", vllm.__version__)" && python3 -m evomerge toy --size small'
-step push 330 python3 -m pytest -m gpu tests/evaluate/test_vllm_gpu.py -k pushed -x -v -s -p no:cacheprovider -p no:logging --durations=0
+step push 330 python3 -m pytest -m vllm tests/evaluate/test_vllm_engine.py -k pushed -x -v -s -p no:cacheprovider -p no:logging --durations=0
 step cuda 60 python3 -m pytest -m gpu tests/merge/test_cuda.py -v -p no:cacheprovider
-step search 200 python3 -m pytest -m gpu tests/evaluate/test_vllm_gpu.py -k search -x -v -p no:cacheprovider -p no:logging --durations=0
+step search 200 python3 -m pytest -m vllm tests/evaluate/test_vllm_engine.py -k search -x -v -p no:cacheprovider -p no:logging --durations=0
 step bench_vllm 150 python3 scripts/bench_search.py --candidates 10 --json "$LOG_DIR/bench_vllm.json" models.toy_size=small evaluator=vllm evaluator.max_length=null evaluator.gpu_memory_utilization=0.3
 step bench_hf_gpu 90 python3 scripts/bench_search.py --candidates 10 models.toy_size=small evaluator.device=cuda
 echo "== done at +$(($(date +%s) - T0)) s"

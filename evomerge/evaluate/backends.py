@@ -3,7 +3,7 @@
 HFBackend: a transformers model (CPU or GPU) wrapped once in lm-eval's HFLM; the merge core
 writes each candidate's tensors straight into its parameters (no reload, no re-instantiation).
 VLLMBackend: one vLLM engine for the whole search; each candidate is merged into a host-side
-shadow model and its tensors are pushed into the engine by the model's own `load_weights`.
+shadow model and its tensors are pushed into the engine by vLLM's own in-place reload.
 """
 
 from __future__ import annotations
@@ -197,22 +197,47 @@ class QuietLLM:
 def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:
     """Load Hugging Face-named tensors into a live vLLM engine, in place, then drop its caches.
 
-    Each worker runs the model's own `load_weights`, the loader vLLM ran at start-up: it maps
-    Hugging Face names onto vLLM's fused parameters (qkv_proj, gate_up_proj) and copies into
-    the existing GPU tensors, so captured CUDA graphs stay valid. The backend never asks vLLM
-    to quantize, so there is no post-load processing to redo. A parameter the pushed names miss
-    entirely is an error; vLLM counts a fused parameter as loaded once any of its parts is, so
-    callers push the whole state dict (VLLMBackend does), never a subset.
+    Each worker runs vLLM's own in-place reload (`reload_weights` with checkpoint-format
+    tensors): the model's `load_weights` maps Hugging Face names onto vLLM's fused parameters
+    (qkv_proj, gate_up_proj), then the post-load processing that start-up ran (kernel layouts,
+    e.g. the CPU build's repacked linear weights) is redone and copied back into the existing
+    tensors, so their addresses, and captured CUDA graphs, stay valid. It runs under inference
+    mode, as the engine's own worker loop does (the kernel tensors are inference tensors).
+    Workers without `reload_weights` (older releases) call the model's `load_weights` alone.
+
+    A parameter the pushed names miss entirely is an error, the check vLLM's start-up loader
+    makes; vLLM counts a fused parameter as loaded once any of its parts is, so callers push
+    the whole state dict (VLLMBackend does), never a subset.
     """
     weights = list(named)
 
     def _load(worker: Any) -> list[str]:
         runner = worker.model_runner
         model = runner.get_model() if hasattr(runner, "get_model") else runner.model
-        loaded = model.load_weights(weights=iter(weights))
-        if loaded is None:  # releases whose loaders do not report what they loaded
-            return []
-        return sorted({name for name, _ in model.named_parameters()} - set(loaded))
+        expected = {name for name, _ in model.named_parameters()}
+        loaded: set[str] = set()
+        reported = True
+        own_load = model.load_weights
+
+        def recording_load(*args: Any, **kwargs: Any) -> Any:
+            nonlocal reported
+            result = own_load(*args, **kwargs)
+            if result is None:  # releases whose loaders do not report what they loaded
+                reported = False
+            else:
+                loaded.update(result)
+            return result
+
+        model.load_weights = recording_load  # what the reload loads, for the coverage check
+        try:
+            with torch.inference_mode():
+                if hasattr(worker, "reload_weights"):
+                    worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+                else:
+                    recording_load(iter(weights))
+        finally:
+            del model.load_weights
+        return sorted(expected - loaded) if reported else []
 
     stale = sorted({name for result in llm.collective_rpc(_load) or () for name in result or ()})
     if stale:

@@ -12,15 +12,27 @@ from evomerge.evaluate.backends import push_weights
 
 
 class RecordingEngine:
-    """Records what a vllm.LLM would be asked to do; its model takes the names in `params`."""
+    """Records what a vllm.LLM would be asked to do; its model takes the names in `params`.
 
-    def __init__(self, params=None):
+    With `reload`, its worker has vLLM's `reload_weights`, which runs the model's
+    `load_weights` (and records whether inference mode was on).
+    """
+
+    def __init__(self, params=None, reload=False):
         self.params = params
+        self.reload = reload
         self.calls: list[tuple] = []
 
     def collective_rpc(self, method, kwargs=None):
         self.calls.append((method, kwargs))
         worker = SimpleNamespace(model_runner=SimpleNamespace(get_model=lambda: self))
+        if self.reload:
+
+            def reload_weights(weights_iterator, is_checkpoint_format):
+                self.calls.append(("reload_weights", is_checkpoint_format, inference_mode()))
+                self.load_weights(weights_iterator)
+
+            worker.reload_weights = reload_weights
         return [method(worker)]
 
     def load_weights(self, weights):
@@ -29,16 +41,22 @@ class RecordingEngine:
         return {name for name, _ in weights}
 
     def named_parameters(self):
-        names = self.params if self.params is not None else [n for n, _ in self.calls[-1][1]]
-        return [(name, None) for name in names]
+        return [(name, None) for name in self.params]
 
     def reset_prefix_cache(self):
         self.calls.append(("reset_prefix_cache", None))
 
 
-def backend_with(engine, model_dir):
+def inference_mode() -> bool:
+    return torch.is_inference_mode_enabled()
+
+
+def backend_with(engine, model_dir, tied=False):
     backend = VLLMBackend(model_dir, EvalSettings(backend="vllm", device="cuda"))
     backend._lm = SimpleNamespace(model=engine)  # the engine lm-eval's VLLM wrapper holds
+    if engine.params is None:  # vLLM's model has the checkpoint's parameters (one head if tied)
+        names = backend.target.state_dict()
+        engine.params = [n for n in names if not (tied and n.startswith("lm_head."))]
     return backend
 
 
@@ -57,7 +75,7 @@ def test_commit_pushes_every_tensor_by_hugging_face_name_then_resets_the_cache(t
 
 def test_tied_embeddings_are_pushed_once(tiny_models):
     engine = RecordingEngine()
-    backend = backend_with(engine, tiny_models[0])
+    backend = backend_with(engine, tiny_models[0], tied=True)
     backend.target.config.tie_word_embeddings = True
     backend.commit_weights()
     pushed = dict(engine.calls[1][1])
@@ -113,3 +131,22 @@ def test_the_engine_never_draws_its_own_progress_bar(tiny_models, monkeypatch):
     assert backend.lm.generate_until(["a", "b"]) == ["out", "out"]
     assert calls == [False]
     assert backend.lm.model.llm_engine == "engine"  # the rest is the engine's own
+
+
+def test_workers_with_vllms_reload_load_through_it_in_inference_mode(tiny_models):
+    engine = RecordingEngine(reload=True)
+    backend = backend_with(engine, tiny_models[0])
+    backend.commit_weights()
+    (rpc, _), reload, (load, weights), (reset, _) = engine.calls
+    assert callable(rpc)
+    assert reload == ("reload_weights", True, True)  # checkpoint format, under inference mode
+    assert load == "load_weights" and reset == "reset_prefix_cache"
+    assert {n for n, _ in weights} == set(backend.target.state_dict())
+    assert "load_weights" not in vars(engine)  # the model's own loader is back in place
+
+
+def test_a_parameter_the_reload_left_alone_is_an_error_naming_it():
+    engine = RecordingEngine(params=["w", "model.norm.weight"], reload=True)
+    with pytest.raises(EvaluationError, match=r"old values for 1 parameter.*model\.norm"):
+        push_weights(engine, [("w", torch.ones(2))])
+    assert engine.calls[-1][0] != "reset_prefix_cache"
