@@ -8,6 +8,7 @@ shadow model and its tensors are pushed into the engine by vLLM's own in-place r
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Collection, Iterable
 from pathlib import Path
@@ -194,6 +195,20 @@ class QuietLLM:
         return getattr(self._llm, name)
 
 
+def engine_config(worker: Any) -> contextlib.AbstractContextManager[Any]:
+    """vLLM's current-config context for code run on a worker outside its own calls.
+
+    Layers may read the engine's config while they process weights; vLLM 0.30's worker sets it
+    around its reload, 0.26's does not. Nothing to set for workers that carry no config.
+    """
+    config = getattr(worker, "vllm_config", None)
+    if config is None:
+        return contextlib.nullcontext()
+    from vllm.config import set_current_vllm_config
+
+    return set_current_vllm_config(config)
+
+
 def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:
     """Load Hugging Face-named tensors into a live vLLM engine, in place, then drop its caches.
 
@@ -202,8 +217,8 @@ def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:
     (qkv_proj, gate_up_proj), then the post-load processing that start-up ran (kernel layouts,
     e.g. the CPU build's repacked linear weights) is redone and copied back into the existing
     tensors, so their addresses, and captured CUDA graphs, stay valid. It runs under inference
-    mode, as the engine's own worker loop does (the kernel tensors are inference tensors).
-    Workers without `reload_weights` (older releases) call the model's `load_weights` alone.
+    mode, as the engine's own worker loop does (the kernel tensors are inference tensors), and
+    inside the engine's current config (`engine_config`). Workers without `reload_weights` (older releases) call the model's `load_weights` alone.
 
     A parameter the pushed names miss entirely is an error, the check vLLM's start-up loader
     makes; vLLM counts a fused parameter as loaded once any of its parts is, so callers push
@@ -218,6 +233,7 @@ def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:
         loaded: set[str] = set()
         reported = True
         own_load = model.load_weights
+        patched_before = "load_weights" in vars(model)  # vLLM patches some models' loaders
 
         def recording_load(*args: Any, **kwargs: Any) -> Any:
             nonlocal reported
@@ -230,13 +246,16 @@ def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:
 
         model.load_weights = recording_load  # what the reload loads, for the coverage check
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), engine_config(worker):
                 if hasattr(worker, "reload_weights"):
                     worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
                 else:
                     recording_load(iter(weights))
         finally:
-            del model.load_weights
+            if patched_before:
+                model.load_weights = own_load
+            else:
+                del model.load_weights
         return sorted(expected - loaded) if reported else []
 
     stale = sorted({name for result in llm.collective_rpc(_load) or () for name in result or ()})

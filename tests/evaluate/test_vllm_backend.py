@@ -1,5 +1,6 @@
 """The vLLM backend's weight push, checked against a recording engine (the GPU run is separate)."""
 
+import contextlib
 import sys
 from types import ModuleType, SimpleNamespace
 
@@ -18,14 +19,17 @@ class RecordingEngine:
     `load_weights` (and records whether inference mode was on).
     """
 
-    def __init__(self, params=None, reload=False):
+    def __init__(self, params=None, reload=False, config=None):
         self.params = params
         self.reload = reload
+        self.config = config  # the worker's vllm_config, if any
         self.calls: list[tuple] = []
 
     def collective_rpc(self, method, kwargs=None):
         self.calls.append((method, kwargs))
         worker = SimpleNamespace(model_runner=SimpleNamespace(get_model=lambda: self))
+        if self.config is not None:
+            worker.vllm_config = self.config
         if self.reload:
 
             def reload_weights(weights_iterator, is_checkpoint_format):
@@ -150,3 +154,30 @@ def test_a_parameter_the_reload_left_alone_is_an_error_naming_it():
     with pytest.raises(EvaluationError, match=r"old values for 1 parameter.*model\.norm"):
         push_weights(engine, [("w", torch.ones(2))])
     assert engine.calls[-1][0] != "reset_prefix_cache"
+
+
+def test_the_reload_runs_inside_the_engines_config(tiny_models, monkeypatch):
+    """Layers may read vLLM's current config while processing weights (0.26 does not set it)."""
+    events = []
+
+    @contextlib.contextmanager
+    def set_current_vllm_config(config):
+        events.append(("set", config))
+        yield
+        events.append(("unset", config))
+
+    fake = ModuleType("vllm.config")
+    fake.set_current_vllm_config = set_current_vllm_config  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm", ModuleType("vllm"))
+    monkeypatch.setitem(sys.modules, "vllm.config", fake)
+    engine = RecordingEngine(reload=True, config="engine config")
+    original = engine.load_weights
+
+    def load_weights(weights):
+        events.append(("load", None))
+        return original(weights)
+
+    engine.load_weights = load_weights  # type: ignore[method-assign]
+    backend_with(engine, tiny_models[0]).commit_weights()
+    assert events == [("set", "engine config"), ("load", None), ("unset", "engine config")]
+    assert engine.load_weights is load_weights  # a loader patched onto the model stays
