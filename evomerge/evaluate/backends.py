@@ -218,7 +218,8 @@ def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:
     e.g. the CPU build's repacked linear weights) is redone and copied back into the existing
     tensors, so their addresses, and captured CUDA graphs, stay valid. It runs under inference
     mode, as the engine's own worker loop does (the kernel tensors are inference tensors), and
-    inside the engine's current config (`engine_config`). Workers without `reload_weights` (older releases) call the model's `load_weights` alone.
+    inside the engine's current config (`engine_config`). Workers without `reload_weights`
+    (older releases) call the model's `load_weights` alone.
 
     A parameter the pushed names miss entirely is an error, the check vLLM's start-up loader
     makes; vLLM counts a fused parameter as loaded once any of its parts is, so callers push
