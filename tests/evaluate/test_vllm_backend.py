@@ -1,4 +1,4 @@
-"""The vLLM backend's weight push, checked against a recording engine (the GPU run is separate)."""
+"""The vLLM backend's weight push, checked against a recording engine (live engines: test_vllm_engine.py)."""
 
 import contextlib
 import sys
