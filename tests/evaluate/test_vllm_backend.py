@@ -1,4 +1,4 @@
-"""The vLLM backend's weight push, checked against a recording engine (live engines: test_vllm_engine.py)."""
+"""The vLLM backend's push against a recording engine (live engines: test_vllm_engine.py)."""
 
 import contextlib
 import sys
