@@ -9,8 +9,9 @@ shadow model and its tensors are pushed into the engine by vLLM's own in-place r
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -209,6 +210,33 @@ def engine_config(worker: Any) -> contextlib.AbstractContextManager[Any]:
     return set_current_vllm_config(config)
 
 
+# vLLM's reload logs per call: INFO lines (reload time, prefix cache reset) and a warning for
+# layers whose buffers no checkpoint holds (RotaryEmbedding's cos/sin cache, put back as it
+# was). Three lines per candidate through the search's progress bar; the push's own coverage
+# check raises on weights that really were not loaded.
+RELOAD_CHATTER = {
+    "vllm": logging.WARNING,
+    "vllm.model_executor.model_loader.reload.layerwise": logging.ERROR,
+}
+
+
+@contextlib.contextmanager
+def quiet_reload() -> Iterator[None]:
+    """Raise vLLM's loggers to RELOAD_CHATTER's levels for the push, unless set more verbose
+    than INFO on purpose (e.g. VLLM_LOGGING_LEVEL=DEBUG)."""
+    saved = {}
+    for name, level in RELOAD_CHATTER.items():
+        logger = logging.getLogger(name)
+        if logging.DEBUG < logger.getEffectiveLevel() < level:
+            saved[name] = logger.level
+            logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:
     """Load Hugging Face-named tensors into a live vLLM engine, in place, then drop its caches.
 
@@ -259,14 +287,16 @@ def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:
                 del model.load_weights
         return sorted(expected - loaded) if reported else []
 
-    stale = sorted({name for result in llm.collective_rpc(_load) or () for name in result or ()})
-    if stale:
-        raise EvaluationError(
-            f"vLLM kept its old values for {len(stale)} parameter(s), e.g. {stale[:3]}: "
-            "the pushed tensors' names do not cover the engine's model"
-        )
-    if hasattr(llm, "reset_prefix_cache"):
-        llm.reset_prefix_cache()  # cached KV blocks belong to the previous weights
+    with quiet_reload():
+        results = llm.collective_rpc(_load) or ()
+        stale = sorted({name for result in results for name in result or ()})
+        if stale:
+            raise EvaluationError(
+                f"vLLM kept its old values for {len(stale)} parameter(s), e.g. {stale[:3]}: "
+                "the pushed tensors' names do not cover the engine's model"
+            )
+        if hasattr(llm, "reset_prefix_cache"):
+            llm.reset_prefix_cache()  # cached KV blocks belong to the previous weights
 
 
 def make_backend(model_path: str | Path, settings: EvalSettings) -> Backend:

@@ -1,6 +1,7 @@
 """The vLLM backend's push against a recording engine (live engines: test_vllm_engine.py)."""
 
 import contextlib
+import logging
 import sys
 from types import ModuleType, SimpleNamespace
 
@@ -181,3 +182,27 @@ def test_the_reload_runs_inside_the_engines_config(tiny_models, monkeypatch):
     backend_with(engine, tiny_models[0]).commit_weights()
     assert events == [("set", "engine config"), ("load", None), ("unset", "engine config")]
     assert engine.load_weights is load_weights  # a loader patched onto the model stays
+
+
+def test_the_reloads_per_candidate_chatter_stays_out_of_the_output(tiny_models, caplog):
+    """vLLM logs three lines per reload; only errors get through during the push."""
+    engine = RecordingEngine(reload=True)
+    original = engine.load_weights
+
+    def chatty_load(weights):
+        logging.getLogger("vllm.v1.worker.gpu_model_runner").info("Reloading weights took 0.02 s")
+        layerwise = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+        layerwise.warning("RotaryEmbedding: Failed to load weights")
+        logging.getLogger("vllm.engine").error("a real error")
+        return original(weights)
+
+    engine.load_weights = chatty_load  # type: ignore[method-assign]
+    vllm_logger = logging.getLogger("vllm")
+    vllm_logger.setLevel(logging.INFO)  # vLLM's default
+    try:
+        with caplog.at_level(logging.INFO):
+            backend_with(engine, tiny_models[0]).commit_weights()
+            logging.getLogger("vllm.engine").info("after the push")
+        assert [r.getMessage() for r in caplog.records] == ["a real error", "after the push"]
+    finally:
+        vllm_logger.setLevel(logging.NOTSET)
