@@ -52,9 +52,11 @@ SETTINGS = EvalSettings(
 def models(toy_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """base, math_en and lang_ja: random Llamas (GQA, head size 32) around one base."""
     toy = ensure_family(size="small", cache_dir=toy_cache).path("lang_ja")
-    vocab = json.loads((toy / "config.json").read_text())["vocab_size"]
+    toy_config = json.loads((toy / "config.json").read_text())
     root = tmp_path_factory.mktemp("vllm-models")
-    base = make_tiny_llama(root / "base", seed=0, hidden_size=128, vocab_size=vocab)
+    base = make_tiny_llama(
+        root / "base", seed=0, hidden_size=128, vocab_size=toy_config["vocab_size"]
+    )
     out = {
         "base": base,
         "math_en": make_tiny_llama(root / "math_en", seed=1, base=base, noise=0.02),
@@ -64,7 +66,6 @@ def models(toy_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
             shutil.copy(toy / name, path / name)
         config = json.loads((path / "config.json").read_text())
-        toy_config = json.loads((toy / "config.json").read_text())
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             config[key] = toy_config[key]
         (path / "config.json").write_text(json.dumps(config))
