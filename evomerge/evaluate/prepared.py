@@ -10,7 +10,9 @@ filters and metrics, and aggregates them as lm-eval does (tests check equality w
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 from evomerge.evaluate.settings import EvalSettings
@@ -19,12 +21,26 @@ from evomerge.evaluate.tasks import TaskSet
 RawResults = dict[str, dict[str, float]]  # task -> {"metric,filter": value}
 
 
+@dataclass
+class Run:
+    """One pass over the prepared requests.
+
+    model_seconds: time inside the model wrapper's request calls (generate_until,
+    loglikelihood, ...): generation and scoring proper; the rest of the pass is lm-eval's
+    bookkeeping (filters, metrics, aggregation).
+    """
+
+    results: RawResults
+    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    model_seconds: float = 0.0
+
+
 def build_requests(lm: Any, tasks: TaskSet, settings: EvalSettings) -> None:
     """Build every task's requests for this model wrapper and settings, once."""
     key = (id(lm), settings.limit, settings.apply_chat_template)
     if tasks.built_for == key:
         return
-    for task in tasks.tasks.values():
+    for name, task in tasks.tasks.items():
         task.build_all_requests(
             limit=settings.limit,
             rank=0,
@@ -37,13 +53,14 @@ def build_requests(lm: Any, tasks: TaskSet, settings: EvalSettings) -> None:
             if settings.apply_chat_template
             else "",
         )
+        tasks.docs[name] = list(task.doc_iterator(rank=0, limit=settings.limit, world_size=1))
     tasks.built_for = key
 
 
 def run_requests(
     lm: Any, tasks: TaskSet, settings: EvalSettings, *, log_samples: bool = False
-) -> tuple[RawResults, dict[str, list[dict[str, Any]]]]:
-    """Score the model behind `lm` on the prepared requests: (metrics per task, samples)."""
+) -> Run:
+    """Score the model behind `lm` on the prepared requests."""
     build_requests(lm, tasks, settings)
     by_type: dict[str, list[Any]] = defaultdict(list)
     for task in tasks.tasks.values():
@@ -51,19 +68,21 @@ def run_requests(
             inst.resps.clear()
             inst.filtered_resps.clear()
             by_type[inst.request_type].append(inst)
+    run = Run(results={})
     for reqtype, reqs in by_type.items():
         cloned = [r for r in reqs for _ in range(r.repeats)]
-        for resp, req in zip(getattr(lm, reqtype)(cloned, disable_tqdm=True), cloned, strict=True):
+        t0 = time.perf_counter()
+        resps = getattr(lm, reqtype)(cloned, disable_tqdm=True)
+        run.model_seconds += time.perf_counter() - t0
+        for resp, req in zip(resps, cloned, strict=True):
             req.resps.append(resp)
-    results: RawResults = {}
-    samples: dict[str, list[dict[str, Any]]] = {}
     for name, task in tasks.tasks.items():
-        results[name], samples[name] = _score_task(task, settings.limit, log_samples)
-    return results, samples
+        run.results[name], run.samples[name] = _score_task(task, tasks.docs[name], log_samples)
+    return run
 
 
 def _score_task(
-    task: Any, limit: int | None, log_samples: bool
+    task: Any, docs: list[tuple[int, Any]], log_samples: bool
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     from lm_eval.api.metrics import mean
 
@@ -76,7 +95,7 @@ def _score_task(
     raw: dict[tuple[str, str], list[Any]] = defaultdict(list)
     logged: list[dict[str, Any]] = []
     for filter_key in task.instances[0].filtered_resps:
-        for doc_id, doc in task.doc_iterator(rank=0, limit=limit, world_size=1):
+        for doc_id, doc in docs:
             reqs = by_doc[doc_id]
             metrics = task.process_results(doc, [r.filtered_resps[filter_key] for r in reqs])
             for metric, value in metrics.items():

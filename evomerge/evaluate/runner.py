@@ -20,9 +20,13 @@ from evomerge.evaluate.tasks import TaskSet
 
 @dataclass
 class Evaluation:
+    """Scores, and where the time went: `seconds` in all, `generate_seconds` of it inside the
+    model's generation/scoring calls (the rest is lm-eval's request and metric bookkeeping)."""
+
     results: Results
     seconds: float
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    generate_seconds: float = 0.0
 
 
 def evaluate(backend: Backend, tasks: TaskSet, *, log_samples: bool = False) -> Evaluation:
@@ -34,11 +38,13 @@ def evaluate(backend: Backend, tasks: TaskSet, *, log_samples: bool = False) -> 
     s = backend.settings
     guard = backend.guard()
     armed = guard.armed(s.timeout_s) if guard is not None else contextlib.nullcontext()
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    lm_eval_logger = logging.getLogger("lm_eval")
+    if lm_eval_logger.level != logging.WARNING:  # setLevel clears every logger's cache
+        lm_eval_logger.setLevel(logging.WARNING)
     t0 = time.perf_counter()
     try:
         with armed, torch.inference_mode():
-            raw, samples = run_requests(backend.lm, tasks, s, log_samples=log_samples)
+            run = run_requests(backend.lm, tasks, s, log_samples=log_samples)
     except CandidateFailed:
         raise
     except Exception as e:
@@ -48,8 +54,8 @@ def evaluate(backend: Backend, tasks: TaskSet, *, log_samples: bool = False) -> 
             raise CandidateFailed("oom", str(e).splitlines()[0]) from e
         raise
     seconds = time.perf_counter() - t0
-    results = {name: _metrics(raw.get(name, {})) for name in tasks.tasks}
-    return Evaluation(results, seconds, samples if log_samples else {})
+    results = {name: _metrics(run.results.get(name, {})) for name in tasks.tasks}
+    return Evaluation(results, seconds, run.samples if log_samples else {}, run.model_seconds)
 
 
 NOT_METRICS = ("alias", "sample_len", "sample_count")

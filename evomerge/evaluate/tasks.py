@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ class TaskSet:
     names: tuple[str, ...]
     task_dict: dict[str, Any]
     built_for: tuple[Any, ...] | None = None  # requests built for (lm, limit, chat template)
+    # each task's (doc_id, doc) pairs within the limit, read once with the requests
+    docs: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
 
     @property
     def tasks(self) -> dict[str, Any]:

@@ -147,6 +147,7 @@ def objective(
     trial.set_user_attr("merge_s", scored.merge_s)
     trial.set_user_attr("swap_s", scored.swap_s)
     trial.set_user_attr("eval_s", scored.eval_s)
+    trial.set_user_attr("generate_s", scored.generate_s)
     return scored.fitness
 
 

@@ -120,6 +120,17 @@ def plot_genome(rows: dict[str, dict[str, tuple[float, float]]], path: Path) -> 
     plt.close(fig)
 
 
+def overhead_share(trials: list[FrozenTrial]) -> float | None:
+    """Share of the scored candidates' time spent outside the model's generation/scoring
+    calls; None before any candidate recorded its generation time."""
+    keys = ("merge_s", "swap_s", "eval_s", "generate_s")
+    rows = [[t.user_attrs[k] for k in keys] for t in trials if all(k in t.user_attrs for k in keys)]
+    total = sum(merge + swap + ev for merge, swap, ev, _ in rows)
+    if not rows or total <= 0:
+        return None
+    return 1.0 - sum(gen for *_, gen in rows) / total
+
+
 def summary_markdown(run_dir: Path, study: optuna.Study) -> str:
     trials = study.get_trials(deepcopy=False)
     best = best_trial(study)
@@ -129,12 +140,17 @@ def summary_markdown(run_dir: Path, study: optuna.Study) -> str:
     lines += [
         f"- candidates: {sum(counted(t) for t in trials)} ({n_done} scored, {n_failed} failed)"
     ]
-    for key in ("merge_s", "swap_s", "eval_s"):
+    for key in ("merge_s", "swap_s", "eval_s", "generate_s"):
         vals = [t.user_attrs[key] for t in trials if key in t.user_attrs]
         if vals:
             lines.append(
                 f"- median {key[:-2]} seconds per candidate: {statistics.median(vals):.3f}"
             )
+    share = overhead_share(trials)
+    if share is not None:
+        lines.append(
+            f"- time outside generation/scoring (merge, swap, lm-eval bookkeeping): {share:.1%}"
+        )
     if best is not None:
         lines += [f"- best: trial {best.number}, fitness {best.value:.4f}"]
         test = study.user_attrs.get("test_results") or {}

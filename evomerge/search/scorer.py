@@ -28,6 +28,7 @@ class Scored:
     merge_s: float
     swap_s: float
     eval_s: float
+    generate_s: float  # the part of eval_s inside the model's generation/scoring calls
 
 
 class CandidateScorer:
@@ -94,7 +95,8 @@ class CandidateScorer:
     def score(self, recipe: Recipe) -> Scored:
         merge_s, swap_s = self.load(recipe)
         ev = evaluate(self.backend, self.tasks)
-        return Scored(fitness(ev.results, self.objective), ev.results, merge_s, swap_s, ev.seconds)
+        value = fitness(ev.results, self.objective)
+        return Scored(value, ev.results, merge_s, swap_s, ev.seconds, ev.generate_seconds)
 
     def evaluate_on(self, recipe: Recipe, tasks: TaskSet) -> Results:
         self.load(recipe)

@@ -27,7 +27,26 @@ def test_results_have_the_documented_shape(tiny_models, tasks):
     assert set(out.results) == {"tiny_digits"}
     assert set(out.results["tiny_digits"]) == {"exact_match"}
     assert 0.0 <= out.results["tiny_digits"]["exact_match"] <= 1.0
-    assert out.seconds > 0
+    assert 0 < out.generate_seconds < out.seconds
+
+
+def test_generation_time_is_the_time_inside_the_model_calls(tiny_models, tasks):
+    import time
+
+    backend = HFBackend.from_pretrained(tiny_models[0], SETTINGS)
+    plain = evaluate(backend, tasks)
+    own = backend.lm.generate_until
+
+    def slow(requests, **kwargs):
+        time.sleep(0.3)
+        return own(requests, **kwargs)
+
+    backend.lm.generate_until = slow
+    slowed = evaluate(backend, tasks)
+    assert slowed.results == plain.results
+    assert slowed.generate_seconds >= 0.3
+    # the sleep is counted as generation, not as what is around it
+    assert slowed.seconds - slowed.generate_seconds < 0.3
 
 
 def test_weights_swapped_in_place_score_like_a_fresh_load(tiny_models, tasks):

@@ -13,7 +13,7 @@ from evomerge.errors import SearchError
 from evomerge.search.config import search_config
 from evomerge.search.export import export_run
 from evomerge.search.loop import progress_fields, run_search
-from evomerge.search.report import write_report
+from evomerge.search.report import overhead_share, write_report
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,8 @@ def test_report_writes_plots_and_a_summary(run_dir):
     assert out["trials"] == 5
     text = (run_dir / "report.md").read_text()
     assert "candidates: 5 (5 scored, 0 failed)" in text
+    assert "median generate seconds per candidate" in text
+    assert "time outside generation/scoring" in text
     assert "best: trial" in text and "toy_mgsm_ja" in text
     for png in ("history.png", "genome.png"):
         assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
@@ -71,3 +73,16 @@ def test_the_progress_bar_shows_a_zero_fitness_as_zero():
     best = optuna.trial.create_trial(value=0.45, user_attrs={"merge_s": 0.1, "eval_s": 1.2})
     last = optuna.trial.create_trial(value=0.0, user_attrs={"merge_s": 0.1, "eval_s": 0.9})
     assert progress_fields(best, last) == {"best": "0.4500", "last": "0.0000", "s_per_cand": "1.00"}
+
+
+def test_overhead_share_is_the_time_outside_generation_over_all_candidates():
+    def trial(merge, swap, ev, gen):
+        attrs = {"merge_s": merge, "swap_s": swap, "eval_s": ev, "generate_s": gen}
+        return optuna.trial.create_trial(value=0.5, user_attrs=attrs)
+
+    # 10 s in all, 8 s of it generating
+    trials = [trial(0.5, 0.5, 4.0, 3.5), trial(0.2, 0.3, 4.5, 4.5)]
+    assert overhead_share(trials) == pytest.approx(0.2)
+    older = optuna.trial.create_trial(value=0.5, user_attrs={"merge_s": 1.0, "eval_s": 9.0})
+    assert overhead_share([older]) is None  # runs from before generation was timed
+    assert overhead_share([*trials, older]) == pytest.approx(0.2)

@@ -47,7 +47,10 @@ def test_search_records_trials_and_exports_a_plain_recipe(toy_cache, tmp_path):
     space = build_space(cfg)
     np.testing.assert_allclose([trials[0].params[n] for n in space.names], space.x0())
     for t in trials:
-        assert {"metrics", "merge_s", "swap_s", "eval_s", "recipe_sha256"} <= set(t.user_attrs)
+        assert {"metrics", "merge_s", "swap_s", "eval_s", "generate_s", "recipe_sha256"} <= set(
+            t.user_attrs
+        )
+        assert 0 < t.user_attrs["generate_s"] < t.user_attrs["eval_s"]
         assert t.value == t.user_attrs["metrics"]["toy_mgsm_ja_fit"]["acc"]
     best = max(trials, key=lambda t: (t.value, -t.number))
     assert summary["best_trial"] == best.number
