@@ -145,6 +145,7 @@ class VLLMBackend:
                 tensor_parallel_size=self.settings.tensor_parallel_size,
                 max_model_len=self.settings.max_length,
                 trust_remote_code=self.settings.trust_remote_code,
+                **self.settings.engine_args,
             )
             self._lm.model = QuietLLM(self._lm.model)
         return self._lm

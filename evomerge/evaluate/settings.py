@@ -8,6 +8,18 @@ from typing import Any
 from evomerge.errors import ConfigError
 
 BACKENDS = ("hf", "vllm")
+# vllm.LLM arguments the backend sets itself: engine_args may not repeat them
+ENGINE_ARGS_OWN_KEYS = {
+    "model": "the engine serves the model being evaluated",
+    "pretrained": "the engine serves the model being evaluated",
+    "dtype": "use evaluator.dtype",
+    "gpu_memory_utilization": "use evaluator.gpu_memory_utilization",
+    "tensor_parallel_size": "use evaluator.tensor_parallel_size",
+    "max_model_len": "use evaluator.max_length",
+    "max_length": "use evaluator.max_length",
+    "trust_remote_code": "use evaluator.trust_remote_code",
+    "batch_size": "vLLM batches by itself",
+}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -38,8 +50,17 @@ class EvalSettings:
     # vLLM engine knobs (ignored by the HF backend)
     gpu_memory_utilization: float = 0.8
     tensor_parallel_size: int = 1
+    # further vllm.LLM arguments, passed as given (e.g. enforce_eager, max_num_seqs,
+    # kv_cache_memory_bytes); the ones above have their own keys
+    engine_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for key in self.engine_args:
+            if key in ENGINE_ARGS_OWN_KEYS:
+                raise ConfigError(
+                    f"evaluator.engine_args.{key}: not an engine argument to set here "
+                    f"({ENGINE_ARGS_OWN_KEYS[key]})"
+                )
         if self.backend not in BACKENDS:
             raise ConfigError(f"evaluator.backend: must be one of {BACKENDS}, got {self.backend!r}")
         if self.dtype not in DTYPES:
@@ -68,4 +89,5 @@ class EvalSettings:
             )
         d = dict(d)
         d["gen_kwargs"] = dict(d.get("gen_kwargs") or {})
+        d["engine_args"] = dict(d.get("engine_args") or {})
         return cls(**d)

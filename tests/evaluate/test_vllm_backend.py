@@ -8,7 +8,7 @@ from types import ModuleType, SimpleNamespace
 import pytest
 import torch
 
-from evomerge.errors import EvaluationError
+from evomerge.errors import ConfigError, EvaluationError
 from evomerge.evaluate import CandidateFailed, EvalSettings, VLLMBackend
 from evomerge.evaluate.backends import push_weights
 
@@ -206,3 +206,26 @@ def test_the_reloads_per_candidate_chatter_stays_out_of_the_output(tiny_models, 
         assert [r.getMessage() for r in caplog.records] == ["a real error", "after the push"]
     finally:
         vllm_logger.setLevel(logging.NOTSET)
+
+
+def test_engine_args_reach_the_engine_and_may_not_repeat_the_evaluators_own(
+    tiny_models, monkeypatch
+):
+    seen = {}
+
+    class FakeVLLM:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+            self.model = SimpleNamespace()
+
+    fake = ModuleType("lm_eval.models.vllm_causallms")
+    fake.VLLM = FakeVLLM  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "lm_eval.models.vllm_causallms", fake)
+    settings = EvalSettings.from_dict(
+        {"backend": "vllm", "dtype": "bfloat16", "engine_args": {"enforce_eager": True}}
+    )
+    _ = VLLMBackend(tiny_models[0], settings).lm
+    assert seen["enforce_eager"] is True
+    assert seen["dtype"] == "bfloat16" and seen["pretrained"] == str(tiny_models[0])
+    with pytest.raises(ConfigError, match=r"evaluator\.engine_args\.max_model_len: .*max_length"):
+        EvalSettings.from_dict({"backend": "vllm", "engine_args": {"max_model_len": 512}})
