@@ -87,7 +87,9 @@ class RandomDraws:
     """Seeded uniform draws for one input of one tensor, U ~ [0, 1) of the tensor's shape.
 
     DARE keeps an entry iff U < density. The draws depend only on the seed (derived from the
-    recipe seed, tensor name and input index), not on the density, so with a `store` (the
+    recipe seed, tensor name and input index), not on the density, nor on the device that
+    merges: they always come from torch's CPU generator (CUDA's draws other numbers), so a
+    recipe found by a search on a GPU merges to the same model on a CPU. With a `store` (the
     search's preloaded source cache) they are drawn once and reused by every candidate: the
     same candidate gets the same mask on disk and in memory, and a search's candidates share
     their random numbers (common random numbers: fitness differences come from the genome).
@@ -103,9 +105,9 @@ class RandomDraws:
         cached = self.store.get(key) if self.store is not None else None
         if cached is not None and cached.shape == like.shape:
             return cached
-        gen = torch.Generator(device=like.device)
+        gen = torch.Generator()  # CPU: the same draws whatever device merges
         gen.manual_seed(self.seed)
-        draws = torch.rand(like.shape, generator=gen, device=like.device).to(torch.float16)
+        draws = torch.rand(like.shape, generator=gen).to(torch.float16).to(like.device)
         if self.store is not None:
             self.store[key] = draws
         return draws
