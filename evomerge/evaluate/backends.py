@@ -116,11 +116,17 @@ class HFBackend:
 
 
 class VLLMBackend:
-    """One vLLM engine; candidates are merged into a host shadow model and pushed in place."""
+    """One vLLM engine; candidates are merged into a shadow model and pushed in place.
 
-    def __init__(self, path: str | Path, settings: EvalSettings) -> None:
+    The shadow (a transformers copy of the model, the merge's target) lives on `host_device`:
+    the CPU by default, or the GPU when it has room beside the engine (the push is then a
+    copy within the GPU).
+    """
+
+    def __init__(self, path: str | Path, settings: EvalSettings, host_device: str = "cpu") -> None:
         self.path = str(path)
         self.settings = settings
+        self.host_device = host_device
         self._lm: Any = None
         self._shadow: torch.nn.Module | None = None
 
@@ -155,7 +161,7 @@ class VLLMBackend:
         if self._shadow is None:
             shadow_settings = EvalSettings(
                 backend="hf",
-                device="cpu",
+                device=self.host_device,
                 dtype=self.settings.dtype,
                 trust_remote_code=self.settings.trust_remote_code,
             )
@@ -300,7 +306,11 @@ def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:
             llm.reset_prefix_cache()  # cached KV blocks belong to the previous weights
 
 
-def make_backend(model_path: str | Path, settings: EvalSettings) -> Backend:
+def make_backend(
+    model_path: str | Path, settings: EvalSettings, *, host_device: str = "cpu"
+) -> Backend:
+    """The evaluator's backend over `model_path`; `host_device` is where vLLM's shadow model
+    lives (the HF backend's model lives on `settings.device`)."""
     if settings.backend == "vllm":
-        return VLLMBackend(model_path, settings)
+        return VLLMBackend(model_path, settings, host_device)
     return HFBackend.from_pretrained(model_path, settings)

@@ -74,6 +74,16 @@ class SearchConfig:
     optimizer: OptimizerSpec
     evaluator: EvalSettings
     sqlite_wal: bool = True
+    merge_device: str | None = None  # None: see `merge_on`
+
+    @property
+    def merge_on(self) -> str:
+        """Where source tensors are kept and candidates merged: `merge_device`, else the
+        evaluator's device with evaluator=hf and the CPU with evaluator=vllm (the engine holds
+        `gpu_memory_utilization` of the GPU; its host-side copy of the model is merged into)."""
+        if self.merge_device is not None:
+            return self.merge_device
+        return "cpu" if self.evaluator.backend == "vllm" else self.evaluator.device
 
     @property
     def run_dir(self) -> Path:
@@ -96,6 +106,11 @@ def search_config(cfg: dict[str, Any]) -> SearchConfig:
     if cfg["heartbeat_s"] < 1:
         raise ConfigError(f"heartbeat_s: must be >= 1, got {cfg['heartbeat_s']}")
     warm = tuple(dict(w) for w in opt.pop("warm_start", None) or ())
+    merge_device = cfg.get("merge_device")
+    if merge_device is not None and not (
+        merge_device == "cpu" or str(merge_device).split(":")[0] == "cuda"
+    ):
+        raise ConfigError(f"merge_device: must be null, cpu, cuda or cuda:N, got {merge_device!r}")
     known = set(OptimizerSpec.__dataclass_fields__)
     unknown = sorted(set(opt) - known)
     if unknown:
@@ -126,4 +141,5 @@ def search_config(cfg: dict[str, Any]) -> SearchConfig:
         optimizer=OptimizerSpec(**opt, warm_start=warm),
         evaluator=EvalSettings.from_dict(dict(cfg["evaluator"])),
         sqlite_wal=bool(cfg.get("sqlite_wal", True)),
+        merge_device=None if merge_device is None else str(merge_device),
     )

@@ -226,9 +226,9 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def make_scorer(cfg: SearchConfig, space: GenomeSpace) -> CandidateScorer:
     template = space.template_model
-    backend = make_backend(template, cfg.evaluator)
+    backend = make_backend(template, cfg.evaluator, host_device=cfg.merge_on)
     tasks = load_tasks(cfg.task.objective.tasks, cfg.evaluator, extra_paths=cfg.task.include)
-    options = MergeOptions(device=cfg.evaluator.device, random_seed=cfg.seed, progress=False)
+    options = MergeOptions(device=cfg.merge_on, random_seed=cfg.seed, progress=False)
     return CandidateScorer(backend, tasks, cfg.task.objective, SourceCache(preload=True), options)
 
 

@@ -229,3 +229,9 @@ def test_engine_args_reach_the_engine_and_may_not_repeat_the_evaluators_own(
     assert seen["dtype"] == "bfloat16" and seen["pretrained"] == str(tiny_models[0])
     with pytest.raises(ConfigError, match=r"evaluator\.engine_args\.max_model_len: .*max_length"):
         EvalSettings.from_dict({"backend": "vllm", "engine_args": {"max_model_len": 512}})
+
+
+def test_the_shadow_model_lives_on_the_host_device(tiny_models):
+    assert VLLMBackend(tiny_models[0], EvalSettings(backend="vllm")).host_device == "cpu"
+    backend = VLLMBackend(tiny_models[0], EvalSettings(backend="vllm"), host_device="meta")
+    assert {p.device.type for p in backend.target.parameters()} == {"meta"}

@@ -151,6 +151,7 @@ def test_search_with_the_vllm_evaluator_scores_and_exports(models, toy_cache, tm
         f"models.sources.lang_ja={models['lang_ja']}",
         "evaluator=vllm",
         f"evaluator.device={DEVICE}",
+        f"merge_device={DEVICE}",  # on a GPU: the shadow there too (the other test: on the CPU)
         "evaluator.max_length=null",
         "evaluator.gpu_memory_utilization=0.3",
         "evaluator.limit=20",

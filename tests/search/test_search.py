@@ -203,12 +203,28 @@ def test_ctrl_c_stops_cleanly_after_the_current_candidate(toy_cache, tmp_path):
         (["optimizer.n_trials=0"], "optimizer.n_trials: must be >= 1"),
         (["optimizer=nope"], "Could not find 'optimizer/nope'"),
         (["space.method=slerp"], "space.method: 'slerp' is not searchable"),
+        (["merge_device=gpu"], "merge_device: must be null, cpu, cuda or cuda:N, got 'gpu'"),
     ],
 )
 def test_bad_configuration_is_reported_with_its_key(toy_cache, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         cfg = config(tmp_path, *overrides)
         build_space(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "device"),
+    [
+        ([], "cpu"),
+        (["evaluator.device=cuda"], "cuda"),  # HF: merged where the live model is
+        (["evaluator=vllm"], "cpu"),  # vLLM: the engine holds its share of the GPU
+        (["evaluator=vllm", "merge_device=cuda:1"], "cuda:1"),
+    ],
+)
+def test_candidates_are_merged_on_merge_device_or_the_backends_default(
+    tmp_path, overrides, device
+):
+    assert config(tmp_path, *overrides).merge_on == device
 
 
 def test_trials_abandoned_before_their_first_parameter_are_failed(tmp_path):
