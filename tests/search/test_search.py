@@ -221,9 +221,7 @@ def test_bad_configuration_is_reported_with_its_key(toy_cache, tmp_path, overrid
         (["evaluator=vllm", "merge_device=cuda:1"], "cuda:1"),
     ],
 )
-def test_candidates_are_merged_on_merge_device_or_the_backends_default(
-    tmp_path, overrides, device
-):
+def test_candidates_are_merged_on_merge_device_or_the_backends_default(tmp_path, overrides, device):
     assert config(tmp_path, *overrides).merge_on == device
 
 
