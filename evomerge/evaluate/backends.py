@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from evomerge.errors import EvaluationError
-from evomerge.evaluate.guard import ForwardGuard, check_finite_weights
+from evomerge.evaluate.guard import CandidateFailed, ForwardGuard, Guard, check_finite_weights
 from evomerge.evaluate.settings import EvalSettings
 
 DTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -42,7 +43,7 @@ class Backend(Protocol):
         """
         ...
 
-    def guard(self) -> ForwardGuard | None: ...
+    def guard(self) -> Guard | None: ...
 
 
 def load_hf_model(path: str | Path, settings: EvalSettings) -> tuple[Any, Any]:
@@ -168,8 +169,11 @@ class VLLMBackend:
             self._shadow, _ = load_hf_model(self.path, shadow_settings)
         return self._shadow
 
-    def guard(self) -> None:
-        return None  # vLLM runs its own kernels; NaN weights are caught before the push
+    def guard(self) -> QuietLLM:
+        # The deadline is checked between engine steps. vLLM runs its own kernels, so
+        # non-finite logits are not seen; NaN and inf weights are caught before the push.
+        engine: QuietLLM = self.lm.model
+        return engine
 
     def commit_weights(self, finite: Collection[str] = ()) -> None:
         shadow = self.target
@@ -184,23 +188,67 @@ class VLLMBackend:
 
 
 class QuietLLM:
-    """A vllm.LLM whose `generate` never draws its own progress bar.
+    """A vllm.LLM whose `generate` never draws its own progress bar and keeps a deadline.
 
     lm-eval asks for vLLM's bar whenever batch_size is "auto"; one bar per candidate floods
     the search's output, and with tqdm disabled (TQDM_DISABLE=1, as the search sets) vLLM
     0.26 divides its token count by the disabled bar's zero elapsed time and raises
-    ZeroDivisionError. Everything else is the engine's own.
+    ZeroDivisionError.
+
+    Armed with a timeout (the backend's guard), `generate` checks the deadline before each
+    engine step (one token for every running request); past it, the unfinished requests are
+    aborted, so the engine is idle and ready for the next candidate, and the candidate fails
+    with reason "timeout". Everything else is the engine's own.
     """
 
     def __init__(self, llm: Any) -> None:
         self._llm = llm
+        self.deadline: float | None = None
+
+    @contextlib.contextmanager
+    def armed(self, timeout_s: float | None) -> Iterator[None]:
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
+            yield
+        finally:
+            self.deadline = None
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["use_tqdm"] = False
-        return self._llm.generate(*args, **kwargs)
+        if self.deadline is None:
+            return self._llm.generate(*args, **kwargs)
+        engine = self._llm.llm_engine
+        own_step = engine.step
+        deadline = self.deadline
+
+        def step() -> Any:
+            if time.monotonic() > deadline:
+                abort_unfinished(engine, own_step)
+                raise CandidateFailed("timeout", "evaluation ran past evaluator.timeout_s")
+            return own_step()
+
+        patched_before = "step" in vars(engine)
+        engine.step = step
+        try:
+            return self._llm.generate(*args, **kwargs)
+        finally:
+            if patched_before:
+                engine.step = own_step
+            else:
+                del engine.step
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._llm, name)
+
+
+def abort_unfinished(engine: Any, step: Any) -> None:
+    """Leave a vLLM engine with no request in flight: abort them by id (the ids its output
+    processor tracks), or, on a release without that record, run them to the end."""
+    states = getattr(getattr(engine, "output_processor", None), "request_states", None)
+    if isinstance(states, dict) and states:
+        engine.abort_request(list(states))
+    while engine.has_unfinished_requests():
+        step()
 
 
 def engine_config(worker: Any) -> contextlib.AbstractContextManager[Any]:

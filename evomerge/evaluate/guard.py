@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Protocol
 
 import torch
 
@@ -23,6 +23,12 @@ class CandidateFailed(EvaluationError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+
+
+class Guard(Protocol):
+    """What a backend arms around each evaluation."""
+
+    def armed(self, timeout_s: float | None) -> AbstractContextManager[None]: ...
 
 
 class ForwardGuard:

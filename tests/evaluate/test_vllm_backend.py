@@ -235,3 +235,62 @@ def test_the_shadow_model_lives_on_the_host_device(tiny_models):
     assert VLLMBackend(tiny_models[0], EvalSettings(backend="vllm")).host_device == "cpu"
     backend = VLLMBackend(tiny_models[0], EvalSettings(backend="vllm"), host_device="meta")
     assert {p.device.type for p in backend.target.parameters()} == {"meta"}
+
+
+class SteppingLLM:
+    """vllm.LLM's offline loop: generate adds requests, then steps the engine until none is
+    left; each step takes `step_s` and finishes one request."""
+
+    def __init__(self, step_s=0.0, request_states=True):
+        self.step_s = step_s
+        self.llm_engine = self
+        self.pending: list[str] = []
+        self.aborted: list[str] = []
+        self.steps = 0
+        if request_states:
+            self.output_processor = self
+
+    @property
+    def request_states(self):  # the output processor's record: request id -> state
+        return dict.fromkeys(self.pending)
+
+    def generate(self, prompts, use_tqdm=True):
+        self.pending += list(prompts)
+        done = []
+        while self.has_unfinished_requests():
+            done += self.step()
+        return done
+
+    def step(self):
+        import time
+
+        time.sleep(self.step_s)
+        self.steps += 1
+        return [self.pending.pop(0)]
+
+    def has_unfinished_requests(self):
+        return bool(self.pending)
+
+    def abort_request(self, ids):
+        self.aborted += ids
+        self.pending = [r for r in self.pending if r not in ids]
+
+
+@pytest.mark.parametrize("request_states", [True, False])
+def test_a_candidate_past_its_deadline_fails_and_leaves_the_engine_idle(request_states):
+    from evomerge.evaluate.backends import QuietLLM
+
+    llm = SteppingLLM(step_s=0.05, request_states=request_states)
+    engine = QuietLLM(llm)
+    with engine.armed(timeout_s=0.12), pytest.raises(CandidateFailed) as failed:
+        engine.generate(list("abcdefgh"))
+    assert failed.value.reason == "timeout"
+    assert not llm.has_unfinished_requests()  # nothing left over for the next candidate
+    if request_states:
+        assert 2 <= llm.steps <= 4 and len(llm.aborted) == 8 - llm.steps
+    else:  # no record of the ids: the requests ran to the end
+        assert llm.steps == 8
+    assert "step" not in vars(llm)  # the engine's own step is back
+    assert engine.generate(["x", "y"]) == ["x", "y"]  # no answer of the failed candidate
+    with engine.armed(timeout_s=None):
+        assert engine.generate(["z"]) == ["z"]

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from evomerge.evaluate import EvalSettings, VLLMBackend, evaluate, load_tasks
+from evomerge.evaluate import CandidateFailed, EvalSettings, VLLMBackend, evaluate, load_tasks
 from evomerge.merge import MergeOptions, merge_into_model, merge_to_disk
 from evomerge.recipe import parse_recipe
 from evomerge.testing import make_tiny_llama
@@ -142,6 +142,14 @@ def test_pushed_candidate_answers_like_a_fresh_engine_on_its_checkpoint(models, 
     live.target.load_state_dict(own)
     live.commit_weights()
     assert responses(live, tasks, "toy_mgsm_ja") == before  # pushing back restores the parent
+
+    # a candidate past evaluator.timeout_s fails; its requests are aborted, the engine goes on
+    live.settings = dataclasses.replace(SETTINGS, timeout_s=1e-4)
+    with pytest.raises(CandidateFailed) as failed:
+        evaluate(live, tasks)
+    assert failed.value.reason == "timeout"
+    live.settings = SETTINGS
+    assert responses(live, tasks, "toy_mgsm_ja") == before
 
 
 def test_search_with_the_vllm_evaluator_scores_and_exports(models, toy_cache, tmp_path):
