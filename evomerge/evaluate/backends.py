@@ -215,9 +215,9 @@ class QuietLLM:
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["use_tqdm"] = False
-        if self.deadline is None:
-            return self._llm.generate(*args, **kwargs)
         engine = self._llm.llm_engine
+        if self.deadline is None:
+            return self._generate(engine, args, kwargs)
         own_step = engine.step
         deadline = self.deadline
 
@@ -230,12 +230,21 @@ class QuietLLM:
         patched_before = "step" in vars(engine)
         engine.step = step
         try:
-            return self._llm.generate(*args, **kwargs)
+            return self._generate(engine, args, kwargs)
         finally:
             if patched_before:
                 engine.step = own_step
             else:
                 del engine.step
+
+    def _generate(self, engine: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        try:
+            return self._llm.generate(*args, **kwargs)
+        except BaseException:
+            # e.g. out of memory mid-step: the failed candidate's requests must not stay
+            # queued into the next candidate's generate
+            abort_unfinished(engine, step=None)
+            raise
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._llm, name)
@@ -243,11 +252,12 @@ class QuietLLM:
 
 def abort_unfinished(engine: Any, step: Any) -> None:
     """Leave a vLLM engine with no request in flight: abort them by id (the ids its output
-    processor tracks), or, on a release without that record, run them to the end."""
+    processor tracks), or, on a release without that record, run them to the end with
+    `step` (when given)."""
     states = getattr(getattr(engine, "output_processor", None), "request_states", None)
     if isinstance(states, dict) and states:
         engine.abort_request(list(states))
-    while engine.has_unfinished_requests():
+    while step is not None and engine.has_unfinished_requests():
         step()
 
 

@@ -241,8 +241,9 @@ class SteppingLLM:
     """vllm.LLM's offline loop: generate adds requests, then steps the engine until none is
     left; each step takes `step_s` and finishes one request."""
 
-    def __init__(self, step_s=0.0, request_states=True):
+    def __init__(self, step_s=0.0, request_states=True, fail_at=None):
         self.step_s = step_s
+        self.fail_at = fail_at  # raise out of memory at this step
         self.llm_engine = self
         self.pending: list[str] = []
         self.aborted: list[str] = []
@@ -266,6 +267,8 @@ class SteppingLLM:
 
         time.sleep(self.step_s)
         self.steps += 1
+        if self.steps == self.fail_at:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return [self.pending.pop(0)]
 
     def has_unfinished_requests(self):
@@ -294,3 +297,14 @@ def test_a_candidate_past_its_deadline_fails_and_leaves_the_engine_idle(request_
     assert engine.generate(["x", "y"]) == ["x", "y"]  # no answer of the failed candidate
     with engine.armed(timeout_s=None):
         assert engine.generate(["z"]) == ["z"]
+
+
+def test_an_engine_error_mid_generation_leaves_no_request_queued():
+    from evomerge.evaluate.backends import QuietLLM
+
+    llm = SteppingLLM(fail_at=3)
+    engine = QuietLLM(llm)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.generate(list("abcdef"))
+    assert llm.aborted == list("cdef") and not llm.has_unfinished_requests()
+    assert engine.generate(["x"]) == ["x"]
