@@ -9,6 +9,7 @@ shadow model and its tensors are pushed into the engine by vLLM's own in-place r
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import time
@@ -302,6 +303,26 @@ def quiet_reload() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
+def reloads_given_weights(worker: Any) -> bool:
+    """Whether the worker's `reload_weights` loads weights it is given, in checkpoint format.
+
+    The worker's method passes its arguments on to its model runner's, which names them.
+    """
+    if getattr(worker, "reload_weights", None) is None:
+        return False
+    for owner in (getattr(worker, "model_runner", None), worker):
+        reload = getattr(owner, "reload_weights", None)
+        if reload is None:
+            continue
+        try:
+            params = inspect.signature(reload).parameters
+        except (TypeError, ValueError):  # no signature to read
+            continue
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return {"weights_iterator", "is_checkpoint_format"} <= set(params)
+    return True  # only pass-through signatures: the current form
+
+
 def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:
     """Load Hugging Face-named tensors into a live vLLM engine, in place, then drop its caches.
 
@@ -311,8 +332,9 @@ def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:
     e.g. the CPU build's repacked linear weights) is redone and copied back into the existing
     tensors, so their addresses, and captured CUDA graphs, stay valid. It runs under inference
     mode, as the engine's own worker loop does (the kernel tensors are inference tensors), and
-    inside the engine's current config (`engine_config`). Workers without `reload_weights`
-    (older releases) call the model's `load_weights` alone.
+    inside the engine's current config (`engine_config`). Workers whose `reload_weights`
+    takes no weights (older releases: it re-reads the checkpoint from disk) call the model's
+    `load_weights` alone.
 
     A parameter the pushed names miss entirely is an error, the check vLLM's start-up loader
     makes; vLLM counts a fused parameter as loaded once any of its parts is, so callers push
@@ -341,7 +363,7 @@ def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:
         model.load_weights = recording_load  # what the reload loads, for the coverage check
         try:
             with torch.inference_mode(), engine_config(worker):
-                if hasattr(worker, "reload_weights"):
+                if reloads_given_weights(worker):
                     worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
                 else:
                     recording_load(iter(weights))

@@ -31,7 +31,9 @@ class RecordingEngine:
         worker = SimpleNamespace(model_runner=SimpleNamespace(get_model=lambda: self))
         if self.config is not None:
             worker.vllm_config = self.config
-        if self.reload:
+        if self.reload == "from disk":  # older releases: reload_weights() re-reads the files
+            worker.reload_weights = lambda: self.calls.append(("reload_from_disk",))
+        elif self.reload:
 
             def reload_weights(weights_iterator, is_checkpoint_format):
                 self.calls.append(("reload_weights", is_checkpoint_format, inference_mode()))
@@ -308,3 +310,28 @@ def test_an_engine_error_mid_generation_leaves_no_request_queued():
         engine.generate(list("abcdef"))
     assert llm.aborted == list("cdef") and not llm.has_unfinished_requests()
     assert engine.generate(["x"]) == ["x"]
+
+
+def test_a_reload_that_takes_no_weights_is_not_used_for_the_push():
+    """Older vLLM workers' reload_weights() re-reads the checkpoint from disk: never call it."""
+    from evomerge.evaluate.backends import reloads_given_weights
+
+    def current(weights_iterator=None, is_checkpoint_format=True): ...
+    def from_disk(): ...
+    def anything(**kwargs): ...
+
+    assert reloads_given_weights(SimpleNamespace(reload_weights=current))
+    assert reloads_given_weights(SimpleNamespace(reload_weights=anything))
+    assert not reloads_given_weights(SimpleNamespace(reload_weights=from_disk))
+    assert not reloads_given_weights(SimpleNamespace())
+    # vLLM's worker passes everything on to its model runner, whose signature decides
+    runner_old = SimpleNamespace(reload_weights=from_disk)
+    runner_new = SimpleNamespace(reload_weights=current)
+    assert not reloads_given_weights(
+        SimpleNamespace(reload_weights=anything, model_runner=runner_old)
+    )
+    assert reloads_given_weights(SimpleNamespace(reload_weights=anything, model_runner=runner_new))
+    engine = RecordingEngine(params=["w"], reload="from disk")
+    push_weights(engine, [("w", torch.ones(2))])
+    assert ("reload_from_disk",) not in engine.calls
+    assert any(call[0] == "load_weights" for call in engine.calls)
