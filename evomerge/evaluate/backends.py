@@ -2,8 +2,9 @@
 
 HFBackend: a transformers model (CPU or GPU) wrapped once in lm-eval's HFLM; the merge core
 writes each candidate's tensors straight into its parameters (no reload, no re-instantiation).
-VLLMBackend: one vLLM engine for the whole search; each candidate is merged into a host-side
-shadow model and its tensors are pushed into the engine by vLLM's own in-place reload.
+VLLMBackend: one vLLM engine for the whole search; each candidate is merged into a shadow
+model (a transformers copy, on the CPU unless told otherwise) and its tensors are pushed into
+the engine by vLLM's own in-place reload.
 """
 
 from __future__ import annotations
