@@ -7,7 +7,13 @@ and turns an EvomergeError into a one-line message and exit code 2.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+# numpy's OpenBLAS on one thread, set before numpy loads: its only work here is the samplers'
+# small CMA-ES matrices, and its idle threads spin after each call, slowing the CPU merge that
+# follows (toy search: 24 ms -> 12 ms per merge on 2 cores). torch keeps its own threads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from evomerge.errors import EvomergeError
 

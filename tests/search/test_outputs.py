@@ -86,3 +86,25 @@ def test_overhead_share_is_the_time_outside_generation_over_all_candidates():
     older = optuna.trial.create_trial(value=0.5, user_attrs={"merge_s": 1.0, "eval_s": 9.0})
     assert overhead_share([older]) is None  # runs from before generation was timed
     assert overhead_share([*trials, older]) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(("given", "seen"), [(None, "1"), ("4", "4")])
+def test_the_command_keeps_numpys_blas_on_one_thread_unless_told(given, seen):
+    """Idle OpenBLAS threads spin after the sampler's small matrix work, slowing the merge."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    probe = (
+        "import runpy, sys; sys.argv = ['evomerge', '--help'];"
+        "import contextlib, io, os\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    runpy.run_module('evomerge', run_name='__main__')\n"
+        "import numpy.linalg  # loads OpenBLAS with the setting in place\n"
+        "print(os.environ['OPENBLAS_NUM_THREADS'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == seen
