@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,8 @@ class SearchConfig:
     def merge_on(self) -> str:
         """Where source tensors are kept and candidates merged: `merge_device`, else the
         evaluator's device with evaluator=hf and the CPU with evaluator=vllm (the engine holds
-        `gpu_memory_utilization` of the GPU; its host-side copy of the model is merged into)."""
+        `gpu_memory_utilization` of the GPU; the copy of the model that the merge writes and
+        the push reads lives on this device too)."""
         if self.merge_device is not None:
             return self.merge_device
         return "cpu" if self.evaluator.backend == "vllm" else self.evaluator.device
@@ -107,9 +109,7 @@ def search_config(cfg: dict[str, Any]) -> SearchConfig:
         raise ConfigError(f"heartbeat_s: must be >= 1, got {cfg['heartbeat_s']}")
     warm = tuple(dict(w) for w in opt.pop("warm_start", None) or ())
     merge_device = cfg.get("merge_device")
-    if merge_device is not None and not (
-        merge_device == "cpu" or str(merge_device).split(":")[0] == "cuda"
-    ):
+    if merge_device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", str(merge_device)):
         raise ConfigError(f"merge_device: must be null, cpu, cuda or cuda:N, got {merge_device!r}")
     known = set(OptimizerSpec.__dataclass_fields__)
     unknown = sorted(set(opt) - known)

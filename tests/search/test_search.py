@@ -204,6 +204,7 @@ def test_ctrl_c_stops_cleanly_after_the_current_candidate(toy_cache, tmp_path):
         (["optimizer=nope"], "Could not find 'optimizer/nope'"),
         (["space.method=slerp"], "space.method: 'slerp' is not searchable"),
         (["merge_device=gpu"], "merge_device: must be null, cpu, cuda or cuda:N, got 'gpu'"),
+        (["merge_device=cuda:x"], "merge_device: must be null, cpu, cuda or cuda:N, got 'cuda:x'"),
     ],
 )
 def test_bad_configuration_is_reported_with_its_key(toy_cache, tmp_path, overrides, message):
