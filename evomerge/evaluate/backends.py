@@ -13,7 +13,6 @@ import contextlib
 import inspect
 import logging
 import os
-import time
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,7 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from evomerge.errors import EvaluationError
-from evomerge.evaluate.guard import CandidateFailed, ForwardGuard, Guard, check_finite_weights
+from evomerge.evaluate.guard import Deadline, ForwardGuard, check_finite_weights
 from evomerge.evaluate.settings import EvalSettings
 
 DTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -45,7 +44,7 @@ class Backend(Protocol):
         """
         ...
 
-    def guard(self) -> Guard | None: ...
+    def guard(self) -> Deadline | None: ...
 
 
 def load_hf_model(path: str | Path, settings: EvalSettings) -> tuple[Any, Any]:
@@ -189,7 +188,7 @@ class VLLMBackend:
         push_weights(self.lm.model, named)
 
 
-class QuietLLM:
+class QuietLLM(Deadline):
     """A vllm.LLM whose `generate` never draws its own progress bar and keeps a deadline.
 
     lm-eval asks for vLLM's bar whenever batch_size is "auto"; one bar per candidate floods
@@ -205,15 +204,6 @@ class QuietLLM:
 
     def __init__(self, llm: Any) -> None:
         self._llm = llm
-        self.deadline: float | None = None
-
-    @contextlib.contextmanager
-    def armed(self, timeout_s: float | None) -> Iterator[None]:
-        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        try:
-            yield
-        finally:
-            self.deadline = None
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["use_tqdm"] = False
@@ -221,12 +211,11 @@ class QuietLLM:
         if self.deadline is None:
             return self._generate(engine, args, kwargs)
         own_step = engine.step
-        deadline = self.deadline
 
         def step() -> Any:
-            if time.monotonic() > deadline:
+            if self.past_deadline():
                 abort_unfinished(engine, own_step)
-                raise CandidateFailed("timeout", "evaluation ran past evaluator.timeout_s")
+                raise self.timed_out()
             return own_step()
 
         patched_before = "step" in vars(engine)

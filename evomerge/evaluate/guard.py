@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Protocol
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -25,17 +25,32 @@ class CandidateFailed(EvaluationError):
         self.reason = reason
 
 
-class Guard(Protocol):
-    """What a backend arms around each evaluation."""
+class Deadline:
+    """A per-candidate deadline: armed around each evaluation, checked by the backend's own
+    loop (a forward hook, an engine step)."""
 
-    def armed(self, timeout_s: float | None) -> AbstractContextManager[None]: ...
+    deadline: float | None = None
+
+    @contextmanager
+    def armed(self, timeout_s: float | None) -> Iterator[None]:
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
+            yield
+        finally:
+            self.deadline = None
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    @staticmethod
+    def timed_out() -> CandidateFailed:
+        return CandidateFailed("timeout", "evaluation ran past evaluator.timeout_s")
 
 
-class ForwardGuard:
+class ForwardGuard(Deadline):
     """Attach once to a model's output layer; arm with a deadline for each evaluation."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.deadline: float | None = None
         self.check_finite = True
         get_head = getattr(model, "get_output_embeddings", None)
         head = get_head() if callable(get_head) else None
@@ -46,16 +61,8 @@ class ForwardGuard:
         logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
         if self.check_finite and logits is not None and not bool(torch.isfinite(logits).all()):
             raise CandidateFailed("nan", "the model produced non-finite logits")
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise CandidateFailed("timeout", "evaluation ran past evaluator.timeout_s")
-
-    @contextmanager
-    def armed(self, timeout_s: float | None) -> Iterator[None]:
-        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        try:
-            yield
-        finally:
-            self.deadline = None
+        if self.past_deadline():
+            raise self.timed_out()
 
     def remove(self) -> None:
         self._handle.remove()
