@@ -20,8 +20,10 @@ from typing import Any, Protocol
 import torch
 
 from evomerge.errors import EvaluationError
-from evomerge.evaluate.guard import Deadline, ForwardGuard, check_finite_weights
+from evomerge.evaluate.guard import CandidateFailed, Deadline, ForwardGuard, check_finite_weights
 from evomerge.evaluate.settings import EvalSettings
+
+log = logging.getLogger(__name__)
 
 DTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -155,7 +157,7 @@ class VLLMBackend:
                 trust_remote_code=self.settings.trust_remote_code,
                 **self.settings.engine_args,
             )
-            self._lm.model = QuietLLM(self._lm.model)
+            self._lm.model = QuietLLM(self._lm.model, watch_logits=watch_logits(self._lm.model))
         return self._lm
 
     @property
@@ -171,8 +173,8 @@ class VLLMBackend:
         return self._shadow
 
     def guard(self) -> QuietLLM:
-        # The deadline is checked between engine steps. vLLM runs its own kernels, so
-        # non-finite logits are not seen; NaN and inf weights are caught before the push.
+        # The deadline is checked between engine steps, the logits once the candidate's
+        # requests are done; NaN and inf weights are caught before the push.
         engine: QuietLLM = self.lm.model
         return engine
 
@@ -189,7 +191,8 @@ class VLLMBackend:
 
 
 class QuietLLM(Deadline):
-    """A vllm.LLM whose `generate` never draws its own progress bar and keeps a deadline.
+    """A vllm.LLM whose `generate` draws no progress bar of its own, keeps a deadline and fails
+    a candidate whose logits are not finite.
 
     lm-eval asks for vLLM's bar whenever batch_size is "auto"; one bar per candidate floods
     the search's output, and with tqdm disabled (TQDM_DISABLE=1, as the search sets) vLLM
@@ -199,17 +202,21 @@ class QuietLLM(Deadline):
     Armed with a timeout (the backend's guard), `generate` checks the deadline before each
     engine step (one token for every running request); past it, the unfinished requests are
     aborted, so the engine is idle and ready for the next candidate, and the candidate fails
-    with reason "timeout". Everything else is the engine's own.
+    with reason "timeout". With `watch_logits` (the engine's logits layers hooked by
+    `watch_logits()`), the logits of every step are checked on the device, and once the
+    requests are done a candidate that produced a NaN or inf logit fails with reason "nan".
+    Everything else is the engine's own.
     """
 
-    def __init__(self, llm: Any) -> None:
+    def __init__(self, llm: Any, watch_logits: bool = False) -> None:
         self._llm = llm
+        self.watch_logits = watch_logits
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["use_tqdm"] = False
         engine = self._llm.llm_engine
         if self.deadline is None:
-            return self._generate(engine, args, kwargs)
+            return self._checked(engine, args, kwargs)
         own_step = engine.step
 
         def step() -> Any:
@@ -221,12 +228,23 @@ class QuietLLM(Deadline):
         patched_before = "step" in vars(engine)
         engine.step = step
         try:
-            return self._generate(engine, args, kwargs)
+            return self._checked(engine, args, kwargs)
         finally:
             if patched_before:
                 engine.step = own_step
             else:
                 del engine.step
+
+    def _checked(self, engine: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        try:
+            outputs = self._generate(engine, args, kwargs)
+        finally:
+            # read (and clear) on every way out: a failed candidate's flags must not count
+            # against the next one
+            nonfinite = self.watch_logits and any(self._llm.collective_rpc(take_nonfinite))
+        if nonfinite:
+            raise CandidateFailed("nan", "the model produced non-finite logits")
+        return outputs
 
     def _generate(self, engine: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         try:
@@ -239,6 +257,73 @@ class QuietLLM(Deadline):
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._llm, name)
+
+
+class NonFiniteFlag:
+    """A forward hook on a vLLM logits layer: ORs "some logit is NaN or inf" into a flag on
+    the logits' own device, so checking a step costs no host sync; `take()` reads and
+    clears it."""
+
+    def __init__(self) -> None:
+        self.flag: torch.Tensor | None = None
+
+    def __call__(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if not isinstance(output, torch.Tensor):  # TP ranks > 0 get no logits
+            return
+        nonfinite = ~torch.isfinite(output).all()
+        # out of place: the flag may be an inference tensor, the next step may not run in
+        # inference mode
+        self.flag = nonfinite if self.flag is None else self.flag | nonfinite
+
+    def take(self) -> bool:
+        flag, self.flag = self.flag, None
+        return flag is not None and bool(flag)
+
+
+WATCH_ATTR = "evomerge_nonfinite_flags"
+
+
+def _worker_model(worker: Any) -> Any:
+    runner = worker.model_runner
+    return runner.get_model() if hasattr(runner, "get_model") else runner.model
+
+
+def hook_logits_layers(worker: Any) -> int:
+    """On a vLLM worker: hook every logits layer of its model (vLLM's LogitsProcessor, which
+    every step's and every prompt-logprob's logits come out of, outside compiled graphs) with
+    a NonFiniteFlag. Returns how many layers are watched."""
+    from vllm.model_executor.layers.logits_processor import LogitsProcessor
+
+    model = _worker_model(worker)
+    flags = getattr(model, WATCH_ATTR, None)
+    if flags is None:
+        flags = []
+        for module in model.modules():
+            if isinstance(module, LogitsProcessor):
+                flag = NonFiniteFlag()
+                module.register_forward_hook(flag)
+                flags.append(flag)
+        setattr(model, WATCH_ATTR, flags)
+    return len(flags)
+
+
+def take_nonfinite(worker: Any) -> bool:
+    """On a vLLM worker: whether its model produced a non-finite logit since the last call."""
+    flags = getattr(_worker_model(worker), WATCH_ATTR, [])
+    return any([flag.take() for flag in flags])  # a list: every flag is cleared
+
+
+def watch_logits(llm: Any) -> bool:
+    """Hook a live engine's logits layers for the non-finite check; False (with a warning)
+    where its model has none vLLM's way, whose logits then go unchecked."""
+    hooked = llm.collective_rpc(hook_logits_layers)
+    if hooked and all(hooked):
+        return True
+    log.warning(
+        "vLLM's model has no LogitsProcessor layer to watch: non-finite logits will not fail "
+        "a candidate (NaN and inf weights still do)"
+    )
+    return False
 
 
 def abort_unfinished(engine: Any, step: Any) -> None:
@@ -333,8 +418,7 @@ def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:
     weights = list(named)
 
     def _load(worker: Any) -> list[str]:
-        runner = worker.model_runner
-        model = runner.get_model() if hasattr(runner, "get_model") else runner.model
+        model = _worker_model(worker)
         expected = {name for name, _ in model.named_parameters()}
         loaded: set[str] = set()
         reported = True

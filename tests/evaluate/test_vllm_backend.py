@@ -120,6 +120,9 @@ def test_the_engine_never_draws_its_own_progress_bar(tiny_models, monkeypatch):
     class FakeLLM:
         llm_engine = "engine"
 
+        def collective_rpc(self, method):
+            return []  # no worker: nothing to watch
+
         def generate(self, prompts, sampling_params=None, use_tqdm=True, lora_request=None):
             calls.append(use_tqdm)
             return ["out"] * len(prompts)
@@ -218,7 +221,7 @@ def test_engine_args_reach_the_engine_and_may_not_repeat_the_evaluators_own(
     class FakeVLLM:
         def __init__(self, **kwargs):
             seen.update(kwargs)
-            self.model = SimpleNamespace()
+            self.model = SimpleNamespace(collective_rpc=lambda method: [])
 
     fake = ModuleType("lm_eval.models.vllm_causallms")
     fake.VLLM = FakeVLLM  # type: ignore[attr-defined]
@@ -335,3 +338,86 @@ def test_a_reload_that_takes_no_weights_is_not_used_for_the_push():
     push_weights(engine, [("w", torch.ones(2))])
     assert ("reload_from_disk",) not in engine.calls
     assert any(call[0] == "load_weights" for call in engine.calls)
+
+
+class LogitsLayer(torch.nn.Module):
+    """Stands for vLLM's LogitsProcessor layer: hidden states through the head -> logits."""
+
+    def forward(self, lm_head, hidden_states):
+        return hidden_states @ lm_head.weight.T
+
+
+class HookedLLM:
+    """A vllm.LLM with one in-process worker whose model computes each request's logits
+    through a LogitsLayer, as vLLM's models do; `generate` runs one step per prompt."""
+
+    def __init__(self, with_layer=True):
+        self.llm_engine = SteppingLLM()
+        self.lm_head = torch.nn.Linear(4, 8, bias=False)
+        self.model = torch.nn.Module()
+        if with_layer:
+            self.model.logits_processor = LogitsLayer()
+        self.worker = SimpleNamespace(model_runner=SimpleNamespace(get_model=lambda: self.model))
+
+    def collective_rpc(self, method):
+        return [method(self.worker)]
+
+    def generate(self, prompts, use_tqdm=True):
+        out = []
+        for prompt in prompts:
+            if prompt == "boom":
+                raise RuntimeError("CUDA out of memory")
+            logits = self.model.logits_processor(self.lm_head, torch.ones(1, 4))
+            out.append(int(logits.argmax()))
+        return out
+
+
+@pytest.fixture
+def vllm_logits_layer(monkeypatch):
+    """vLLM's module path for its logits layer, holding LogitsLayer."""
+    names = ["vllm", "vllm.model_executor", "vllm.model_executor.layers"]
+    for name in names:
+        monkeypatch.setitem(sys.modules, name, ModuleType(name))
+    leaf = ModuleType("vllm.model_executor.layers.logits_processor")
+    leaf.LogitsProcessor = LogitsLayer  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, leaf.__name__, leaf)
+
+
+def test_a_candidate_with_non_finite_logits_fails_and_the_next_is_scored(vllm_logits_layer):
+    from evomerge.evaluate.backends import QuietLLM, watch_logits
+
+    llm = HookedLLM()
+    engine = QuietLLM(llm, watch_logits=watch_logits(llm))
+    assert engine.watch_logits and watch_logits(llm)  # hooked once, however often asked
+    assert len(llm.model.logits_processor._forward_hooks) == 1
+    before = engine.generate(["a", "b"])
+    with torch.no_grad():
+        llm.lm_head.weight[3, 0] = float("inf")  # finite elsewhere; one logit overflows
+    with pytest.raises(CandidateFailed) as failed:
+        engine.generate(["a", "b"])
+    assert failed.value.reason == "nan" and "non-finite logits" in str(failed.value)
+    with torch.no_grad():
+        llm.lm_head.weight[3, 0] = 0.5
+    assert engine.generate(["a", "b"]) == before  # the next candidate is not blamed
+
+
+def test_a_candidate_failing_otherwise_leaves_no_non_finite_flag_behind(vllm_logits_layer):
+    from evomerge.evaluate.backends import QuietLLM, watch_logits
+
+    llm = HookedLLM()
+    engine = QuietLLM(llm, watch_logits=watch_logits(llm))
+    with torch.no_grad():
+        llm.lm_head.weight[0, 0] = float("nan")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.generate(["a", "boom"])  # fails after one step with NaN logits
+    with torch.no_grad():
+        llm.lm_head.weight[0, 0] = 0.5
+    assert len(engine.generate(["a"])) == 1
+
+
+def test_an_engine_whose_model_has_no_logits_layer_says_so(vllm_logits_layer, caplog):
+    from evomerge.evaluate.backends import watch_logits
+
+    with caplog.at_level(logging.WARNING):
+        assert not watch_logits(HookedLLM(with_layer=False))
+    assert "non-finite logits will not fail a candidate" in caplog.text

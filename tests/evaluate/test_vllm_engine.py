@@ -151,6 +151,22 @@ def test_pushed_candidate_answers_like_a_fresh_engine_on_its_checkpoint(models, 
     live.settings = SETTINGS
     assert responses(live, tasks, "toy_mgsm_ja") == before
 
+    # finite weights whose logits overflow (the final norm's scale at 1e30, the head's 1e10
+    # times its own): the candidate fails with reason nan; the parent pushed back answers as
+    # before
+    overflow = dict(own)
+    overflow["model.norm.weight"] = torch.full_like(own["model.norm.weight"], 1e30)
+    overflow["lm_head.weight"] = own["lm_head.weight"] * 1e10
+    assert all(bool(torch.isfinite(t).all()) for t in overflow.values())
+    live.target.load_state_dict(overflow)
+    live.commit_weights()
+    with pytest.raises(CandidateFailed) as failed:
+        evaluate(live, tasks)
+    assert failed.value.reason == "nan"
+    live.target.load_state_dict(own)
+    live.commit_weights()
+    assert responses(live, tasks, "toy_mgsm_ja") == before
+
 
 def test_search_with_the_vllm_evaluator_scores_and_exports(models, toy_cache, tmp_path):
     overrides = [
