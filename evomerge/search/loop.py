@@ -34,6 +34,7 @@ from evomerge.search.space import build_space
 from evomerge.search.study import (
     FAILURE,
     SURPLUS,
+    beat_before_parameters,
     best_trial,
     budget_held,
     budget_held_elsewhere,
@@ -129,6 +130,7 @@ def objective(
         # this one gives way before it samples anything (PRUNED, not counted, no genome).
         trial.set_user_attr(SURPLUS, True)
         raise optuna.TrialPruned("the trial budget is already held by earlier trials")
+    beat_before_parameters(trial)
     x = np.array([trial.suggest_float(name, 0.0, 1.0) for name in space.names])
     try:
         recipe = space.decode(x)

@@ -131,6 +131,21 @@ def budget_held_elsewhere(study: optuna.Study, budget: int, heartbeat_s: int) ->
     return True
 
 
+def beat_before_parameters(trial: optuna.Trial) -> None:
+    """Record the trial's first heartbeat now, before its first parameter.
+
+    Optuna's heartbeat thread writes its first beat while the objective already runs: a worker
+    killed after writing a parameter but before that beat would leave a RUNNING trial that
+    neither the heartbeat (no beat to go stale) nor fail_abandoned_trials (it has parameters)
+    ever fails, and the search would wait for it forever. With this beat first, every trial
+    with a parameter has a heartbeat.
+    """
+    storage: Any = trial.storage  # an RDBStorage, or Optuna's cache around one
+    get_interval = getattr(storage, "get_heartbeat_interval", None)
+    if get_interval is not None and get_interval() is not None:
+        storage.record_heartbeat(trial._trial_id)
+
+
 def fail_abandoned_trials(study: optuna.Study, grace_s: float) -> int:
     """Fail RUNNING trials that a dead worker left before it recorded any parameter.
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -235,6 +236,42 @@ def test_trials_abandoned_before_their_first_parameter_are_failed(tmp_path):
     assert fail_abandoned_trials(study, grace_s=0.0) == 1
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING]
     assert fail_abandoned_trials(study, grace_s=3600.0) == 0
+
+
+class Killed(BaseException):
+    """The worker's process ending where it stands."""
+
+
+def test_a_worker_killed_right_after_its_first_parameter_leaves_a_trial_that_is_retried(
+    tmp_path,
+):
+    """Optuna's heartbeat thread writes its first beat concurrently with the objective: the
+    trial's first beat must be on record before its first parameter is."""
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    from evomerge.search.loop import objective
+
+    storage = RDBStorage(
+        f"sqlite:///{tmp_path / 's.db'}",
+        heartbeat_interval=1,
+        grace_period=1,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
+    )
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()  # no heartbeat thread: the worker dies before it would first beat
+
+    def die(x):
+        raise Killed
+
+    space = SimpleNamespace(names=["layers.0.a.weight", "layers.0.b.weight"], decode=die)
+    with pytest.raises(Killed):
+        objective(trial, space, scorer=None, worker="w", budget=10)
+    assert set(study.trials[0].params) == set(space.names)
+    time.sleep(2.5)  # past the grace period (the storage keeps whole seconds)
+    optuna.storages.fail_stale_trials(study)
+    first, retry = study.trials
+    assert first.state == TrialState.FAIL and retry.state == TrialState.WAITING
+    assert retry.system_attrs["failed_trial"] == 0 and retry.params == first.params  # retried
 
 
 def test_candidate_seconds_leave_out_trials_abandoned_by_a_killed_worker():
