@@ -238,11 +238,12 @@ class QuietLLM(Deadline):
     def _checked(self, engine: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         try:
             outputs = self._generate(engine, args, kwargs)
-        finally:
-            # read (and clear) on every way out: a failed candidate's flags must not count
-            # against the next one
-            nonfinite = self.watch_logits and any(self._llm.collective_rpc(take_nonfinite))
-        if nonfinite:
+        except BaseException:
+            if self.watch_logits:  # a failed candidate's flags must not count against the next
+                with contextlib.suppress(Exception):  # nor hide its own error
+                    self._llm.collective_rpc(take_nonfinite)
+            raise
+        if self.watch_logits and any(self._llm.collective_rpc(take_nonfinite)):
             raise CandidateFailed("nan", "the model produced non-finite logits")
         return outputs
 
@@ -291,9 +292,11 @@ def _worker_model(worker: Any) -> Any:
 def hook_logits_layers(worker: Any) -> int:
     """On a vLLM worker: hook every logits layer of its model (vLLM's LogitsProcessor, which
     every step's and every prompt-logprob's logits come out of, outside compiled graphs) with
-    a NonFiniteFlag. Returns how many layers are watched."""
-    from vllm.model_executor.layers.logits_processor import LogitsProcessor
-
+    a NonFiniteFlag. Returns how many layers are watched (none on a release that moved it)."""
+    try:
+        from vllm.model_executor.layers.logits_processor import LogitsProcessor
+    except ImportError:
+        return 0
     model = _worker_model(worker)
     flags = getattr(model, WATCH_ATTR, None)
     if flags is None:

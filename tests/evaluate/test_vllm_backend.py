@@ -374,6 +374,10 @@ class HookedLLM:
 
 @pytest.fixture
 def vllm_logits_layer(monkeypatch):
+    install_logits_layer(monkeypatch)
+
+
+def install_logits_layer(monkeypatch):
     """vLLM's module path for its logits layer, holding LogitsLayer."""
     names = ["vllm", "vllm.model_executor", "vllm.model_executor.layers"]
     for name in names:
@@ -414,10 +418,22 @@ def test_a_candidate_failing_otherwise_leaves_no_non_finite_flag_behind(vllm_log
         llm.lm_head.weight[0, 0] = 0.5
     assert len(engine.generate(["a"])) == 1
 
+    def dead(method):
+        raise RuntimeError("EngineDeadError")
 
-def test_an_engine_whose_model_has_no_logits_layer_says_so(vllm_logits_layer, caplog):
+    llm.collective_rpc = dead  # the engine died of the error: its own error is the one raised
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.generate(["boom"])
+
+
+@pytest.mark.parametrize("where", ["no layer in the model", "no such module in vLLM"])
+def test_an_engine_whose_logits_cannot_be_watched_says_so(where, monkeypatch, caplog):
     from evomerge.evaluate.backends import watch_logits
 
+    if where == "no layer in the model":
+        install_logits_layer(monkeypatch)
+    else:
+        monkeypatch.setitem(sys.modules, "vllm.model_executor.layers.logits_processor", None)
     with caplog.at_level(logging.WARNING):
-        assert not watch_logits(HookedLLM(with_layer=False))
+        assert not watch_logits(HookedLLM(with_layer=where != "no layer in the model"))
     assert "non-finite logits will not fail a candidate" in caplog.text
