@@ -63,6 +63,17 @@ def trial_states(db: Path) -> list[str]:
         return [s for (s,) in con.execute("SELECT state FROM trials ORDER BY number")]
 
 
+def median_candidate_seconds(db: Path) -> float:
+    """Median wall time of a run's completed trials (start to completion), from its study."""
+    with sqlite3.connect(db, timeout=30) as con:
+        rows = con.execute(
+            "SELECT (julianday(datetime_complete) - julianday(datetime_start)) * 86400.0 "
+            "FROM trials WHERE state = 'COMPLETE' AND datetime_complete IS NOT NULL"
+        ).fetchall()
+    seconds = sorted(s for (s,) in rows if s is not None)
+    return seconds[len(seconds) // 2] if seconds else 1.0
+
+
 def best(completed: Completed) -> tuple[float, int] | None:
     """Best value and its genome's hash (ties to the earliest trial, as the search does)."""
     if not completed:
@@ -100,19 +111,26 @@ def kill_search(
 ) -> SearchKills:
     """An uninterrupted run, then the same run SIGKILLed `kills` times and resumed each time.
 
-    Each kill comes at a random moment within a second of the process's first completed
-    candidate; every fourth one instead lands anywhere in its first 4 seconds (startup).
+    Each kill comes at a random moment within two candidates' time (the uninterrupted run's
+    median) of the process's first completed candidate; every fourth one instead lands
+    anywhere between the process's start and its first candidate's end (start-up: imports,
+    study, model, tasks; as long as it last took). So each process completes a candidate or
+    two at most, whatever the machine's speed, and the budget outlasts the kills.
     """
     rng, out, start = random.Random(seed), SearchKills(budget=budget), time.monotonic()
     results_dir.mkdir(parents=True, exist_ok=True)
     args = [*overrides, f"optimizer.n_trials={budget}"]
     if run_search(results_dir, "reference", args) != 0:
         raise RuntimeError(f"the reference run failed; see {results_dir / 'reference.log'}")
-    reference = completed_trials(results_dir / "reference" / "study.db")
+    reference_db = results_dir / "reference" / "study.db"
+    reference = completed_trials(reference_db)
+    candidate_s = median_candidate_seconds(reference_db)
+    startup_s = 4.0  # until a process has been timed to its first completed candidate
     db = results_dir / "killed" / "study.db"
     seen: Completed = {}
     while out.kills < kills:
         before = completed_trials(db)
+        launched = time.monotonic()
         proc = evomerge(
             "search",
             *args,
@@ -121,12 +139,13 @@ def kill_search(
             log=results_dir / "killed.log",
         )
         if out.kills % 4 == 3:
-            delay = rng.uniform(0.0, 4.0)  # during startup (imports, study, model, tasks)
+            delay = rng.uniform(0.0, startup_s)
             time.sleep(delay)
         else:
             while proc.poll() is None and len(completed_trials(db)) <= len(before):
-                time.sleep(0.05)
-            delay = rng.uniform(0.0, 1.0)
+                time.sleep(0.01)
+            startup_s = time.monotonic() - launched
+            delay = rng.uniform(0.0, 2 * candidate_s)
             time.sleep(delay)
         if proc.poll() is not None:  # finished the budget before the kill: start over
             break
