@@ -22,6 +22,8 @@ from evomerge.search.samplers import make_sampler
 FAILURE = "failure_reason"  # user attr of a candidate that failed (nan, oom, timeout, merge)
 OPEN_ATTEMPTS = 5  # tries to open the storage (see open_study)
 SURPLUS = "surplus"  # user attr of a trial created after the budget was held (PRUNED, unused)
+SEEDED = "seeded"  # study user attr: its first candidates (x0, warm starts) are enqueued
+SEED_WAIT_S = 10.0  # how long a process opening an unseeded study gives its creator
 
 
 def open_study(cfg: SearchConfig, space: GenomeSpace) -> optuna.Study:
@@ -63,12 +65,35 @@ def open_study(cfg: SearchConfig, space: GenomeSpace) -> optuna.Study:
             f"(models, method or layer groups); choose a new run=NAME or delete {cfg.run_dir}"
         )
     if created:
-        if cfg.optimizer.sampler != "random":
-            # The uniform merge is the first candidate: the baseline every later one is judged by.
-            study.enqueue_trial(dict(zip(space.names, space.x0().tolist(), strict=True)))
-        for point in cfg.optimizer.warm_start:
-            study.enqueue_trial(point)
+        seed_first_candidates(study, cfg, space)
+    elif not seeded(study):
+        # Its creator may have been killed between creating the study and seeding it. A live
+        # creator seeds within milliseconds; one that has not in SEED_WAIT_S is dead.
+        deadline = time.monotonic() + SEED_WAIT_S
+        while not seeded(study) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not seeded(study):
+            seed_first_candidates(study, cfg, space)
     return study
+
+
+def seeded(study: optuna.Study) -> bool:
+    """Whether the study's creator has seeded it, or begun to (its first enqueued trial), or
+    it is under way (a study from before the seeded mark)."""
+    return study.user_attrs.get(SEEDED) is not None or bool(study.get_trials(deepcopy=False))
+
+
+def seed_first_candidates(study: optuna.Study, cfg: SearchConfig, space: GenomeSpace) -> None:
+    """Enqueue the uniform merge (the first candidate: the baseline every later one is judged
+    by; not for random search) and the warm starts, then mark the study seeded. Points already
+    in the study are skipped, so a second seeding adds nothing."""
+    points = []
+    if cfg.optimizer.sampler != "random":
+        points.append(dict(zip(space.names, space.x0().tolist(), strict=True)))
+    points.extend(cfg.optimizer.warm_start)
+    for point in points:
+        study.enqueue_trial(point, skip_if_exists=True)
+    study.set_user_attr(SEEDED, True)
 
 
 def use_sqlite_wal(url: str) -> None:

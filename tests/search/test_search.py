@@ -77,6 +77,42 @@ def test_the_sqlite_journal_follows_sqlite_wal(toy_cache, tmp_path, wal, mode):
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == mode
 
 
+def test_a_study_whose_creator_died_before_seeding_it_is_seeded_once(
+    toy_cache, tmp_path, monkeypatch
+):
+    """A process killed between creating the study and enqueueing the uniform merge: the next
+    process to open it enqueues it; opening again adds nothing."""
+    import evomerge.search.study as study_module
+
+    monkeypatch.setattr(study_module, "SEED_WAIT_S", 0.2)
+    cfg = config(tmp_path, "run=s")
+    cfg.run_dir.mkdir(parents=True)
+    space = build_space(cfg)
+    optuna.create_study(study_name="s", storage=cfg.storage_url, direction="maximize")
+    x0 = dict(zip(space.names, space.x0().tolist(), strict=True))
+    for _ in range(2):
+        study = open_study(cfg, space)
+        enqueued = [(t.state, t.system_attrs["fixed_params"]) for t in study.trials]
+        assert enqueued == [(TrialState.WAITING, x0)]
+    assert study.user_attrs["seeded"] is True
+
+
+def test_an_unseeded_study_with_trials_is_left_as_it_is(toy_cache, tmp_path, monkeypatch):
+    """Studies from before the seeded mark, or whose search is under way without the uniform
+    merge: nothing is enqueued into them."""
+    import evomerge.search.study as study_module
+
+    monkeypatch.setattr(study_module, "SEED_WAIT_S", 0.2)
+    cfg = config(tmp_path, "run=s")
+    cfg.run_dir.mkdir(parents=True)
+    space = build_space(cfg)
+    old = optuna.create_study(study_name="s", storage=cfg.storage_url, direction="maximize")
+    old.enqueue_trial(dict.fromkeys(space.names, 0.25))
+    study = open_study(cfg, space)
+    enqueued = [t.system_attrs["fixed_params"] for t in study.trials]
+    assert enqueued == [dict.fromkeys(space.names, 0.25)]
+
+
 def test_rerunning_the_command_resumes_without_repeating(toy_cache, tmp_path):
     first = config(tmp_path, "run=r", "optimizer.n_trials=4")
     run_search(first, progress=False)
