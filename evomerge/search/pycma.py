@@ -14,7 +14,9 @@ Which result a candidate gets (fixed once known, so a replay never changes histo
   genome that gave NaN or ran out of memory would do so again.
 A trial lost with a dead worker is failed by the storage's heartbeat, which enqueues a retry
 (same parameters, the lost trial's number in its `retry_history`): the lost trial is then
-ignored and the retry decides, so a killed worker changes nothing that is told. Once the
+ignored and the retry decides, so a killed worker changes nothing that is told. A worker killed
+between its parameter writes leaves a retry holding the first few: the retry is given the rest
+of the candidate those match. Once the
 retries are used up (no retry names it), the lost trial counts as failed.
 
 Several workers: a new trial gets the lowest-indexed candidate of the current generation that
@@ -117,9 +119,15 @@ class PyCmaSampler(BaseSampler):
             raise ConfigError("pycma: the sampler supports single-objective studies only")
         if not search_space:
             return {}
-        trials = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
-        generation = self.replay(trials, study.direction)[-1]
-        x = clip(generation.asked[generation.next_index()])
+        everything = study.get_trials(deepcopy=False)
+        trials = [t for t in everything if t.number != trial.number]
+        # a retry names the lost trial it replaces: that one is ignored even while the retry,
+        # this trial, is left out of the matching
+        generation = self.replay(trials, study.direction, retried_trials(everything))[-1]
+        # a retry holds the parameters its lost trial had written (all or a first few): it
+        # finishes that trial's candidate, whatever a new trial would be given
+        k = candidate_of(generation.asked, trial, self.names)
+        x = clip(generation.asked[generation.next_index() if k is None else k])
         return dict(zip(self.names, x.tolist(), strict=True))
 
     def sample_independent(
@@ -148,9 +156,18 @@ class PyCmaSampler(BaseSampler):
             options["popsize"] = self.popsize
         return cma.CMAEvolutionStrategy(self.x0, self.sigma0, options)
 
-    def replay(self, trials: Sequence[FrozenTrial], direction: StudyDirection) -> list[Generation]:
-        """Every generation so far: the closed ones (told) and the open one, last."""
-        retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    def replay(
+        self,
+        trials: Sequence[FrozenTrial],
+        direction: StudyDirection,
+        retried: set[int] | None = None,
+    ) -> list[Generation]:
+        """Every generation so far: the closed ones (told) and the open one, last.
+
+        FAILed trials that a retry replaced are ignored: those `retried` names (default: the
+        ones the retries among `trials` name)."""
+        if retried is None:
+            retried = retried_trials(trials)
         trials = [t for t in trials if not (t.state == TrialState.FAIL and t.number in retried)]
         es, params = self.new_strategy(), param_matrix(trials, self.names)
         out: list[Generation] = []
@@ -160,6 +177,20 @@ class PyCmaSampler(BaseSampler):
             if not out[-1].closed():
                 return out
             es.tell(asked, costs(out[-1], direction))
+
+
+def retried_trials(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Numbers of the trials that the heartbeat's retries replace."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+
+
+def candidate_of(
+    asked: Sequence[np.ndarray], trial: FrozenTrial, names: Sequence[str]
+) -> int | None:
+    """The asked candidate whose values the trial's parameters so far all equal (None when it
+    has none yet, or they match no candidate)."""
+    hits = match([trial], param_matrix([trial], names), asked)
+    return next((k for k, found in enumerate(hits) if found), None)
 
 
 def clip(x: np.ndarray) -> np.ndarray:

@@ -124,7 +124,9 @@ def test_failed_candidate_is_told_the_worst_value_of_its_generation() -> None:
     assert costs(gen0, study.direction) == [-0.3, -0.3, -0.9, -0.5]  # pycma minimizes
 
 
-def test_a_lost_trial_that_is_retried_changes_nothing_told() -> None:
+@pytest.mark.parametrize("written", [4, 3, 1])
+def test_a_lost_trial_that_is_retried_changes_nothing_told(written: int) -> None:
+    """The worker died after writing `written` of the 4 parameters; the retry holds those."""
     values = [0.3, 0.7, 0.9, 0.5]
     plain = optuna.create_study(sampler=make(), direction="maximize")
     for v in values:
@@ -138,9 +140,11 @@ def test_a_lost_trial_that_is_retried_changes_nothing_told() -> None:
         suggest(t)
         study.tell(t, v)
     lost = study.ask()
-    suggest(lost)
+    for name in NAMES[:written]:
+        lost.suggest_float(name, 0.0, 1.0)
     study.tell(lost, state=TrialState.FAIL)  # what the heartbeat does to a dead worker's trial
     frozen = study.trials[lost.number]
+    assert len(frozen.params) == written
     study.add_trial(  # what RetryHeartbeatStaleTrialCallback enqueues
         optuna.create_trial(
             state=TrialState.WAITING,
@@ -150,7 +154,7 @@ def test_a_lost_trial_that_is_retried_changes_nothing_told() -> None:
         )
     )
     retry = study.ask()
-    assert suggest(retry) == genome(frozen)
+    assert suggest(retry) == genome(plain.trials[3])  # the lost trial's candidate, whole
     study.tell(retry, values[3])
     gen0 = sampler.replay(study.trials, study.direction)[0]
     assert gen0.result(3) is not None and gen0.result(3).number == retry.number
