@@ -8,9 +8,11 @@ import importlib.util
 import sqlite3
 import time
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
@@ -160,10 +162,9 @@ def beat_before_parameters(trial: optuna.Trial) -> None:
     """Record the trial's first heartbeat now, before its first parameter.
 
     Optuna's heartbeat thread writes its first beat while the objective already runs: a worker
-    killed after writing a parameter but before that beat would leave a RUNNING trial that
-    neither the heartbeat (no beat to go stale) nor fail_abandoned_trials (it has parameters)
-    ever fails, and the search would wait for it forever. With this beat first, every trial
-    with a parameter has a heartbeat.
+    killed after writing a parameter but before that beat would leave a RUNNING trial that no
+    heartbeat check ever fails (fail_abandoned_trials settles it after a long grace period).
+    With this beat first, a trial with a parameter of its own has a heartbeat.
     """
     storage: Any = trial.storage  # an RDBStorage, or Optuna's cache around one
     get_interval = getattr(storage, "get_heartbeat_interval", None)
@@ -172,25 +173,59 @@ def beat_before_parameters(trial: optuna.Trial) -> None:
 
 
 def fail_abandoned_trials(study: optuna.Study, grace_s: float) -> int:
-    """Fail RUNNING trials that a dead worker left before it recorded any parameter.
+    """Settle RUNNING trials that a dead worker left before their first heartbeat; returns
+    how many.
 
-    Optuna's heartbeat covers a trial from its first heartbeat on; a worker killed between
-    creating the trial and that first beat leaves a RUNNING trial that no heartbeat check
-    ever fails. A live worker writes its parameters within milliseconds of creating a trial,
-    so an empty one older than the grace period is abandoned. It has no genome to retry.
+    Optuna's heartbeat covers a trial from its first beat on; a worker killed between taking a
+    trial (a new one, or a retry enqueued with its lost trial's parameters) and that beat
+    leaves a RUNNING trial that no heartbeat check ever fails. A live worker beats within
+    milliseconds of taking a trial, so one without a beat after the grace period is abandoned.
+    Without parameters it is failed (no genome to retry). With parameters (a retry) it is
+    given the heartbeat its worker never wrote: that beat goes stale, and the heartbeat check
+    fails the trial and retries its genome, as for any lost trial. Where the storage cannot
+    tell which trials have a heartbeat, a trial counts as abandoned when it has no parameter.
     """
     now = datetime.datetime.now()
-    abandoned = [
+    old = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if not t.params
-        and t.datetime_start is not None
-        and (now - t.datetime_start).total_seconds() > grace_s
+        if t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace_s
     ]
+    if not old:
+        return 0
+    beating = trials_with_heartbeat(study, old)
+    abandoned = [
+        t for t in old if (not t.params if beating is None else t._trial_id not in beating)
+    ]
+    storage: Any = study._storage
     for t in abandoned:
+        if t.params:
+            storage.record_heartbeat(t._trial_id)
+            continue
         with contextlib.suppress(RuntimeError, ValueError):  # another worker got there first
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
     return len(abandoned)
+
+
+def trials_with_heartbeat(study: optuna.Study, trials: Sequence[FrozenTrial]) -> set[int] | None:
+    """Ids of those trials that have a heartbeat on record, read from the study's database
+    (Optuna has no call for it); None where heartbeats are off or the storage is no database
+    Optuna's way."""
+    storage: Any = study._storage
+    if getattr(storage, "get_heartbeat_interval", lambda: None)() is None:
+        return None
+    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+    if engine is None:
+        return None
+    query = sqlalchemy.text(
+        "SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids"
+    ).bindparams(sqlalchemy.bindparam("ids", expanding=True))
+    try:
+        with engine.connect() as con:
+            rows = con.execute(query, {"ids": [t._trial_id for t in trials]})
+            return {int(trial_id) for (trial_id,) in rows}
+    except sqlalchemy.exc.SQLAlchemyError:
+        return None
 
 
 def counted(trial: FrozenTrial) -> bool:

@@ -274,26 +274,39 @@ def test_trials_abandoned_before_their_first_parameter_are_failed(tmp_path):
     assert fail_abandoned_trials(study, grace_s=3600.0) == 0
 
 
-class Killed(BaseException):
-    """The worker's process ending where it stands."""
-
-
-def test_a_worker_killed_right_after_its_first_parameter_leaves_a_trial_that_is_retried(
-    tmp_path,
-):
-    """Optuna's heartbeat thread writes its first beat concurrently with the objective: the
-    trial's first beat must be on record before its first parameter is."""
+def heartbeat_storage(tmp_path):
+    """The search's storage in small: heartbeat every second, stale after one, lost retried."""
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    from evomerge.search.loop import objective
-
-    storage = RDBStorage(
+    return RDBStorage(
         f"sqlite:///{tmp_path / 's.db'}",
         heartbeat_interval=1,
         grace_period=1,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
     )
-    study = optuna.create_study(storage=storage)
+
+
+# Optuna marks its heartbeat API experimental, and warns when a trial is asked for outside
+# Study.optimize, which is how these tests stand in for a worker killed at a given moment.
+HEARTBEAT_WARNINGS = pytest.mark.filterwarnings(
+    "ignore::optuna.exceptions.ExperimentalWarning",
+    "ignore:Heartbeat of storage is supposed to be used with Study.optimize:UserWarning",
+)
+
+
+class Killed(BaseException):
+    """The worker's process ending where it stands."""
+
+
+@HEARTBEAT_WARNINGS
+def test_a_worker_killed_right_after_its_first_parameter_leaves_a_trial_that_is_retried(
+    tmp_path,
+):
+    """Optuna's heartbeat thread writes its first beat concurrently with the objective: the
+    trial's first beat must be on record before its first parameter is."""
+    from evomerge.search.loop import objective
+
+    study = optuna.create_study(storage=heartbeat_storage(tmp_path))
     trial = study.ask()  # no heartbeat thread: the worker dies before it would first beat
 
     def die(x):
@@ -308,6 +321,31 @@ def test_a_worker_killed_right_after_its_first_parameter_leaves_a_trial_that_is_
     first, retry = study.trials
     assert first.state == TrialState.FAIL and retry.state == TrialState.WAITING
     assert retry.system_attrs["failed_trial"] == 0 and retry.params == first.params  # retried
+
+
+@HEARTBEAT_WARNINGS
+def test_a_retry_taken_by_a_worker_killed_before_its_first_heartbeat_is_retried(tmp_path):
+    """A retry holds its lost trial's parameters from the start: a worker killed right after
+    taking it (before any heartbeat) leaves a RUNNING trial with parameters and no beat."""
+    study = optuna.create_study(storage=heartbeat_storage(tmp_path))
+    genome = {"x": 0.25, "y": 0.75}
+    study.add_trial(  # what RetryHeartbeatStaleTrialCallback enqueues for a lost trial
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=genome,
+            distributions=dict.fromkeys(genome, optuna.distributions.FloatDistribution(0, 1)),
+            system_attrs={"failed_trial": 7, "retry_history": [7]},
+        )
+    )
+    study.ask()  # taken, then the worker is killed: no heartbeat, no further write
+    time.sleep(0.01)
+    assert fail_abandoned_trials(study, grace_s=3600.0) == 0  # too young to tell
+    assert fail_abandoned_trials(study, grace_s=0.0) == 1
+    time.sleep(2.5)  # past the heartbeat's grace period (the storage keeps whole seconds)
+    optuna.storages.fail_stale_trials(study)
+    taken, retry = study.trials
+    assert taken.state == TrialState.FAIL and retry.state == TrialState.WAITING
+    assert retry.params == genome and retry.system_attrs["retry_history"] == [7, 0]
 
 
 def test_candidate_seconds_leave_out_trials_abandoned_by_a_killed_worker():
