@@ -16,8 +16,8 @@ A trial lost with a dead worker is failed by the storage's heartbeat, which enqu
 (same parameters, the lost trial's number in its `retry_history`): the lost trial is then
 ignored and the retry decides, so a killed worker changes nothing that is told. A worker killed
 between its parameter writes leaves a retry holding the first few: the retry is given the rest
-of the candidate those match. Once the
-retries are used up (no retry names it), the lost trial counts as failed.
+of the candidate those match. Once the retries are used up (no retry names it), the lost trial
+counts as failed.
 
 Several workers: a new trial gets the lowest-indexed candidate of the current generation that
 no trial has taken yet. When all are taken but some are still running, it gets the running one
