@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -70,8 +71,8 @@ def median_candidate_seconds(db: Path) -> float:
             "SELECT (julianday(datetime_complete) - julianday(datetime_start)) * 86400.0 "
             "FROM trials WHERE state = 'COMPLETE' AND datetime_complete IS NOT NULL"
         ).fetchall()
-    seconds = sorted(s for (s,) in rows if s is not None)
-    return seconds[len(seconds) // 2] if seconds else 1.0
+    seconds = [s for (s,) in rows if s is not None]
+    return statistics.median(seconds) if seconds else 1.0
 
 
 def best(completed: Completed) -> tuple[float, int] | None:

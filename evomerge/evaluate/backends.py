@@ -216,7 +216,7 @@ class QuietLLM(Deadline):
         kwargs["use_tqdm"] = False
         engine = self._llm.llm_engine
         if self.deadline is None:
-            return self._checked(engine, args, kwargs)
+            return self._generate(engine, args, kwargs)
         own_step = engine.step
 
         def step() -> Any:
@@ -228,33 +228,28 @@ class QuietLLM(Deadline):
         patched_before = "step" in vars(engine)
         engine.step = step
         try:
-            return self._checked(engine, args, kwargs)
+            return self._generate(engine, args, kwargs)
         finally:
             if patched_before:
                 engine.step = own_step
             else:
                 del engine.step
 
-    def _checked(self, engine: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+    def _generate(self, engine: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         try:
-            outputs = self._generate(engine, args, kwargs)
+            outputs = self._llm.generate(*args, **kwargs)
         except BaseException:
-            if self.watch_logits:  # a failed candidate's flags must not count against the next
-                with contextlib.suppress(Exception):  # nor hide its own error
+            # e.g. out of memory mid-step: the failed candidate's requests must not stay
+            # queued into the next candidate's generate, nor its non-finite flags count
+            # against it (reading them must not hide its own error)
+            abort_unfinished(engine, step=None)
+            if self.watch_logits:
+                with contextlib.suppress(Exception):
                     self._llm.collective_rpc(take_nonfinite)
             raise
         if self.watch_logits and any(self._llm.collective_rpc(take_nonfinite)):
             raise CandidateFailed("nan", "the model produced non-finite logits")
         return outputs
-
-    def _generate(self, engine: Any, args: Any, kwargs: dict[str, Any]) -> Any:
-        try:
-            return self._llm.generate(*args, **kwargs)
-        except BaseException:
-            # e.g. out of memory mid-step: the failed candidate's requests must not stay
-            # queued into the next candidate's generate
-            abort_unfinished(engine, step=None)
-            raise
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._llm, name)

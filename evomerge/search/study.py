@@ -167,9 +167,13 @@ def beat_before_parameters(trial: optuna.Trial) -> None:
     With this beat first, a trial with a parameter of its own has a heartbeat.
     """
     storage: Any = trial.storage  # an RDBStorage, or Optuna's cache around one
-    get_interval = getattr(storage, "get_heartbeat_interval", None)
-    if get_interval is not None and get_interval() is not None:
+    if heartbeat_on(storage):
         storage.record_heartbeat(trial._trial_id)
+
+
+def heartbeat_on(storage: Any) -> bool:
+    """Whether the study's storage keeps heartbeats (the search's always does)."""
+    return getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
 
 
 def fail_abandoned_trials(study: optuna.Study, grace_s: float) -> int:
@@ -212,7 +216,7 @@ def trials_with_heartbeat(study: optuna.Study, trials: Sequence[FrozenTrial]) ->
     (Optuna has no call for it); None where heartbeats are off or the storage is no database
     Optuna's way."""
     storage: Any = study._storage
-    if getattr(storage, "get_heartbeat_interval", lambda: None)() is None:
+    if not heartbeat_on(storage):
         return None
     engine = getattr(getattr(storage, "_backend", storage), "engine", None)
     if engine is None:
