@@ -21,8 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from evomerge.bench.checkpoints import config_for, generate_family, parameter_count
-from evomerge.bench.merge import METHODS, run_benchmark
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evomerge_dev: not installed
+from evomerge_dev.bench.checkpoints import config_for, generate_family, parameter_count
+from evomerge_dev.bench.merge import METHODS, run_benchmark
 
 
 def main() -> None:

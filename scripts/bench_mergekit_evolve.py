@@ -4,7 +4,7 @@
         [--fevals 4] [--timeout 300] [--stages as_installed vllm_stub fake_gpu] [--json FILE]
 
 Needs `ray` (pip install ray; not a dependency of evomerge). Prints, per stage, the exit code
-and the tail of the output; see evomerge/bench/evolve_peer.py for what each stage changes.
+and the tail of the output; see evomerge_dev/bench/evolve_peer.py for what each stage changes.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 from pathlib import Path
 
-from evomerge.bench.evolve_peer import STAGES, attempt
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evomerge_dev: not installed
 from evomerge.toy import ensure_family
+from evomerge_dev.bench.evolve_peer import STAGES, attempt
 
 
 def main() -> None:

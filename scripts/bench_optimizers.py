@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from evomerge.search.compare import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evomerge_dev: not installed
+from evomerge_dev.analysis.compare import (
     load_results,
     markdown_table,
     plot_curves,

@@ -12,12 +12,16 @@ import argparse
 import json
 import os
 import platform
+import sys
+from pathlib import Path
 
 import torch
 
 from evomerge.config import compose
 from evomerge.search.config import search_config
-from evomerge.search.overhead import measure_overhead
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evomerge_dev: not installed
+from evomerge_dev.analysis.overhead import measure_overhead
 
 
 def main() -> None:

@@ -6,7 +6,7 @@
         [hydra overrides, e.g. space.scaling=model_pair models.toy_size=small]
 
 Both variants score candidates exactly as `python -m evomerge search space=dfs` does (same space,
-same scorer: a layer path over sources loaded once); see evomerge/search/mixed.py. Each run is
+same scorer: a layer path over sources loaded once); see evomerge_dev/analysis/mixed.py. Each run is
 saved as <out>/<variant>-seed<n>.json and not repeated; --report-only gathers the table.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,11 +25,19 @@ from evomerge.config import compose
 from evomerge.errors import RecipeError
 from evomerge.evaluate import CandidateFailed
 from evomerge.genome.dfs import DFSSpace
-from evomerge.search.compare import RunResult, load_results, markdown_table, plot_curves, summarize
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evomerge_dev: not installed
 from evomerge.search.config import search_config
 from evomerge.search.loop import make_scorer
-from evomerge.search.mixed import best_so_far, run_cmaes
 from evomerge.search.space import build_space
+from evomerge_dev.analysis.compare import (
+    RunResult,
+    load_results,
+    markdown_table,
+    plot_curves,
+    summarize,
+)
+from evomerge_dev.analysis.mixed import best_so_far, run_cmaes
 
 
 def run_all(args: argparse.Namespace, overrides: list[str]) -> None:

@@ -19,8 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from evomerge.bench import checkpoints
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evomerge_dev: not installed
 from evomerge.merge.io import parse_size
+from evomerge_dev.bench import checkpoints
 
 # ~540M parameters: 1.07 GB in bfloat16, 2.1 GB in float32 (the benchmark family's layout,
 # TinyLlama widths, at 9 layers).

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from evomerge.recipe import load_recipe
-from evomerge.search.dfs_plot import plot_path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evomerge_dev: not installed
+from evomerge_dev.analysis.dfs_plot import plot_path
 
 
 def main() -> None:

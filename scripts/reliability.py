@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,10 +24,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from hypothesis import HealthCheck, given, settings
 
 from evomerge.errors import MergeError, RecipeError
-from evomerge.reliability import as_dict, kill_merges, kill_search, ties_recipe
-from evomerge.testing import SMALL_SEARCH, make_tiny_llama
-from evomerge.testing_fuzz import check_recipe_text, recipe_texts
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evomerge_dev: not installed
 from evomerge.toy import ensure_family
+from evomerge_dev.reliability import as_dict, kill_merges, kill_search, ties_recipe
+from evomerge_dev.testing import SMALL_SEARCH, make_tiny_llama
+from evomerge_dev.testing_fuzz import check_recipe_text, recipe_texts
 
 SEARCH = [
     *SMALL_SEARCH,

@@ -15,7 +15,7 @@ from evomerge.merge import MergeOptions, merge_to_disk
 from evomerge.merge.cli import build_parser
 from evomerge.recipe import load_recipe
 from evomerge.search.config import search_config
-from evomerge.testing import make_tiny_llama
+from evomerge_dev.testing import make_tiny_llama
 
 PACKAGE = Path(__file__).resolve().parents[1] / "evomerge"
 

@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 from evomerge.evaluate import CandidateFailed, EvalSettings, VLLMBackend, evaluate, load_tasks
 from evomerge.merge import MergeOptions, merge_into_model, merge_to_disk
 from evomerge.recipe import parse_recipe
-from evomerge.testing import make_tiny_llama
 from evomerge.toy import ensure_family
+from evomerge_dev.testing import make_tiny_llama
 
 
 def vllm_device() -> str | None:

@@ -143,7 +143,7 @@ def test_decoded_recipes_merge_into_a_live_model(method, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from evomerge.merge import MergeOptions, SourceCache, merge_into_model, merge_to_disk
-    from evomerge.testing import make_tiny_llama
+    from evomerge_dev.testing import make_tiny_llama
 
     base = make_tiny_llama(tmp_path / "base", seed=0)
     models = tuple(make_tiny_llama(tmp_path / f"m{i}", seed=i + 1, base=base) for i in range(2))

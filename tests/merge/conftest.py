@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from evomerge.testing import make_tiny_llama
+from evomerge_dev.testing import make_tiny_llama
 
 
 @pytest.fixture(scope="session")

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from evomerge.bench.checkpoints import generate_family
-from evomerge.bench.merge import recipe_text
 from evomerge.merge import execute, merge_to_disk
 from evomerge.recipe import load_recipe
+from evomerge_dev.bench.checkpoints import generate_family
+from evomerge_dev.bench.merge import recipe_text
 
 
 @pytest.mark.parametrize("method", sorted(execute.ENTRYWISE))

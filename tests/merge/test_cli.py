@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from evomerge.__main__ import main
-from evomerge.testing import make_tiny_llama
+from evomerge_dev.testing import make_tiny_llama
 
 
 def _ties(base: Path, *models: Path, density: float = 0.5) -> str:

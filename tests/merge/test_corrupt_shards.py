@@ -10,7 +10,7 @@ import pytest
 from evomerge.errors import MergeError
 from evomerge.merge import merge_to_disk
 from evomerge.recipe import parse_recipe
-from evomerge.testing import make_tiny_llama
+from evomerge_dev.testing import make_tiny_llama
 
 
 def truncate(at: float) -> Callable[[bytes], bytes]:

@@ -11,7 +11,7 @@ from evomerge.errors import MergeError
 from evomerge.merge import MergeOptions, SourceCache, merge_into_model, merge_to_disk
 from evomerge.merge.io import CheckpointReader, parse_size
 from evomerge.recipe import Recipe, load_recipe
-from evomerge.testing import make_tiny_llama
+from evomerge_dev.testing import make_tiny_llama
 
 
 def _recipe(family: dict[str, Path], method: str = "ties", **extra: str) -> Recipe:

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from evomerge.errors import MergeError
 from evomerge.merge.io import CheckpointReader, ShardedWriter
-from evomerge.testing import make_tiny_llama
+from evomerge_dev.testing import make_tiny_llama
 
 
 def _tensors() -> dict[str, torch.Tensor]:

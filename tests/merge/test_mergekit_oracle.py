@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from evomerge.merge import MergeOptions, merge_to_disk
 from evomerge.merge.methods import METHODS, MergeArgs
 from evomerge.recipe import load_recipe
-from evomerge.testing import make_tiny_llama
+from evomerge_dev.testing import make_tiny_llama
 
 mergekit_merge = pytest.importorskip("mergekit.merge")
 mergekit_config = pytest.importorskip("mergekit.config")

@@ -12,7 +12,7 @@ from evomerge.errors import MergeError, RecipeError
 from evomerge.merge import merge_to_disk
 from evomerge.merge.path import PathModel, PathStep, recipe_path
 from evomerge.recipe import Recipe, SliceSpec, SourceSpec, dump_recipe, load_recipe
-from evomerge.testing import make_tiny_llama
+from evomerge_dev.testing import make_tiny_llama
 
 
 def load(ref: str) -> Any:

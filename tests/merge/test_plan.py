@@ -9,7 +9,7 @@ from evomerge.merge import SourceCache
 from evomerge.merge.plan import MergePlan, TensorInput, plan_merge
 from evomerge.recipe import load_recipe
 
-SUFFIXES = 9  # Llama layer tensors in evomerge.testing models
+SUFFIXES = 9  # Llama layer tensors in evomerge_dev.testing models
 
 
 def _plan(text: str, family: dict[str, Path]) -> MergePlan:
@@ -83,7 +83,7 @@ slices:
 
 
 def test_a_tied_model_gives_its_embeddings_as_head(family: dict[str, Path], tmp_path: Path) -> None:
-    from evomerge.testing import make_tiny_llama
+    from evomerge_dev.testing import make_tiny_llama
 
     tied = make_tiny_llama(tmp_path / "tied", seed=1, num_layers=3, tie_word_embeddings=True)
     plan = _plan(
@@ -95,7 +95,7 @@ def test_a_tied_model_gives_its_embeddings_as_head(family: dict[str, Path], tmp_
 
 
 def test_depth_mismatch_needs_slices(family: dict[str, Path], tmp_path: Path) -> None:
-    from evomerge.testing import make_tiny_llama
+    from evomerge_dev.testing import make_tiny_llama
 
     deep = make_tiny_llama(tmp_path / "deep", seed=1, num_layers=4)
     with pytest.raises(MergeError, match="every model needs the same number of layers"):

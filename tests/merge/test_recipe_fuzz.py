@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 
 from evomerge.errors import RecipeError
 from evomerge.recipe import load_recipe
-from evomerge.testing_fuzz import check_recipe_text, recipe_texts
+from evomerge_dev.testing_fuzz import check_recipe_text, recipe_texts
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))

@@ -21,7 +21,7 @@ from evomerge.search.config import search_config
 from evomerge.search.loop import run_search
 from evomerge.search.space import build_space, resolve_reference
 from evomerge.search.study import FAILURE
-from evomerge.testing import SMALL_SEARCH
+from evomerge_dev.testing import SMALL_SEARCH
 
 FAST = [
     *SMALL_SEARCH,

@@ -23,7 +23,7 @@ from evomerge.search.config import search_config
 from evomerge.search.loop import run_search
 from evomerge.search.space import build_space
 from evomerge.search.study import fail_abandoned_trials, open_study
-from evomerge.testing import SMALL_SEARCH
+from evomerge_dev.testing import SMALL_SEARCH
 
 FAST = [
     *SMALL_SEARCH,

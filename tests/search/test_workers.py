@@ -20,8 +20,8 @@ import pytest
 from optuna.trial import TrialState
 
 from evomerge.search.study import SURPLUS, sqlalchemy_url, trials_done
-from evomerge.testing import SMALL_SEARCH
-from evomerge.testing_postgres import ENV_URL, create_database, server_bin_dir, throwaway_server
+from evomerge_dev.testing import SMALL_SEARCH
+from evomerge_dev.testing_postgres import ENV_URL, create_database, server_bin_dir, throwaway_server
 
 FAST = [
     *SMALL_SEARCH,

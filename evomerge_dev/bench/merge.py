@@ -114,7 +114,7 @@ def tool_commands(recipe: Path, out: Path, threads: int, seed: int = 0) -> dict[
 
 def floor_command(inputs: Sequence[Path], out: Path) -> list[str]:
     code = (
-        "import sys; from pathlib import Path; from evomerge.bench.merge import floor_copy; "
+        "import sys; from pathlib import Path; from evomerge_dev.bench.merge import floor_copy; "
         "floor_copy([Path(p) for p in sys.argv[1:-1]], Path(sys.argv[-1]))"
     )
     return [sys.executable, "-c", code, *map(str, inputs), str(out)]

@@ -8,8 +8,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from evomerge.search.compare import RunResult, best_so_far, markdown_table, plot_curves, summarize
 from evomerge.search.study import FAILURE
+from evomerge_dev.analysis.compare import (
+    RunResult,
+    best_so_far,
+    markdown_table,
+    plot_curves,
+    summarize,
+)
 
 
 def result(sampler: str, seed: int, curve: list[float | None], test: float) -> RunResult:

@@ -25,11 +25,11 @@ from typing import Any
 
 STAGES = ("as_installed", "vllm_stub", "fake_gpu")
 
-_STUB = "from evomerge.bench.evolve_peer import stub_vllm_module; stub_vllm_module(); "
+_STUB = "from evomerge_dev.bench.evolve_peer import stub_vllm_module; stub_vllm_module(); "
 # Ray workers import mergekit afresh, so they need the stub too: Ray runs this hook in each.
 _FAKE_GPU = (
     "import ray; ray.init(num_gpus=1, include_dashboard=False, runtime_env={"
-    "'worker_process_setup_hook': 'evomerge.bench.evolve_peer.stub_vllm_module'}); "
+    "'worker_process_setup_hook': 'evomerge_dev.bench.evolve_peer.stub_vllm_module'}); "
 )
 _MAIN = "from mergekit.scripts.evolve import main; sys.argv[0] = 'mergekit-evolve'; main()"
 

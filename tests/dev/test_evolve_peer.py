@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evomerge.bench.evolve_peer import STAGES, command, evolve_config
+from evomerge_dev.bench.evolve_peer import STAGES, command, evolve_config
 
 
 def test_config_is_a_valid_mergekit_evolve_config(tmp_path: Path):

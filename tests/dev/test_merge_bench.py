@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from evomerge.bench.checkpoints import config_for, generate_family, parameter_count
-from evomerge.bench.merge import METHODS, compare, recipe_text
 from evomerge.merge import merge_to_disk
 from evomerge.recipe import load_recipe
+from evomerge_dev.bench.checkpoints import config_for, generate_family, parameter_count
+from evomerge_dev.bench.merge import METHODS, compare, recipe_text
 
 
 def test_config_for_is_close_to_the_requested_size():

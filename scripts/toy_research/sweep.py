@@ -2,7 +2,7 @@
 import os, subprocess, sys, time, json
 here = os.path.dirname(os.path.abspath(__file__))
 os.chdir(here)
-env = dict(os.environ, PYTHONPATH=os.path.abspath(".."), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+env = dict(os.environ, PYTHONPATH=os.path.abspath("../.."), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", TQDM_DISABLE="1")
 os.makedirs("res", exist_ok=True); os.makedirs("logs", exist_ok=True)
 jobs = [l.split(None, 1) for l in open(sys.argv[1]) if l.strip() and not l.startswith("#")]
 dev, par, deadline = sys.argv[2], int(sys.argv[3]), time.time() + float(sys.argv[4])

@@ -185,7 +185,7 @@ class MergeKills:
 
 def ties_recipe(root: Path, *, num_layers: int, hidden_size: int, shards: int) -> Path:
     """A TIES recipe over two generated tiny Llamas (a base and a noisy copy) under `root`."""
-    from evomerge.testing import make_tiny_llama
+    from evomerge_dev.testing import make_tiny_llama
 
     base = make_tiny_llama(
         root / "base", seed=0, num_layers=num_layers, hidden_size=hidden_size, shards=shards

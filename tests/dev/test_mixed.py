@@ -7,8 +7,8 @@ import pytest
 
 from evomerge.errors import ConfigError, RecipeError
 from evomerge.genome.dfs import DFSSpace
-from evomerge.search.dfs_plot import plot_path
-from evomerge.search.mixed import VARIANTS, best_so_far, run_cmaes
+from evomerge_dev.analysis.dfs_plot import plot_path
+from evomerge_dev.analysis.mixed import VARIANTS, best_so_far, run_cmaes
 
 SPACE = DFSSpace(models=("/m/a", "/m/b"), model_names=("a", "b"), num_layers=(2, 2), repeats=2)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from evomerge.reliability import kill_merges, kill_search, ties_recipe
+from evomerge_dev.reliability import kill_merges, kill_search, ties_recipe
 
 SEARCH = [
     "models.toy_size=small",

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from evomerge.merge.io import ShardedWriter
-from evomerge.testing import tiny_config, write_tiny_tokenizer
+from evomerge_dev.testing import tiny_config, write_tiny_tokenizer
 
 HIDDEN, VOCAB = 2048, 32000  # TinyLlama-like widths (its MLP is 2.75 x hidden)
 NOISE = 0.002  # fine-tune-sized deltas relative to 0.02-scale weights
