@@ -22,6 +22,7 @@ import torch
 from evomerge.errors import EvaluationError
 from evomerge.evaluate.guard import CandidateFailed, Deadline, ForwardGuard, check_finite_weights
 from evomerge.evaluate.settings import EvalSettings
+from evomerge.merge.architecture import is_head
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +183,7 @@ class VLLMBackend:
         shadow = self.target
         tied = bool(getattr(shadow.config, "tie_word_embeddings", False))
         named = [
-            (name, t)
-            for name, t in shadow.state_dict().items()
-            if not (tied and name.startswith("lm_head."))
+            (name, t) for name, t in shadow.state_dict().items() if not (tied and is_head(name))
         ]
         check_finite_weights((n, t) for n, t in named if n not in finite)
         push_weights(self.lm.model, named)

@@ -10,6 +10,7 @@ Both directions are pure functions; `encode(space, decode(space, x)) == x` for x
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,29 +18,16 @@ from typing import Any
 import numpy as np
 
 from evomerge.errors import ConfigError, RecipeError
-from evomerge.merge.methods import get_method
+from evomerge.merge.architecture import EMBED_FILTERS, HEAD_FILTERS, layer_prefix
+from evomerge.merge.methods import METHODS, REQUIRED, Method, get_method
 from evomerge.recipe import Condition, ModelSpec, Recipe
 
-# Which per-model parameters each selectable method takes, in coordinate order. Other
-# parameters (DELLA's epsilon, lambda, ...) are fixed for the search in `space.parameters`.
-METHOD_PARAMETERS: dict[str, tuple[str, ...]] = {
-    "dare_ties": ("weight", "density"),
-    "ties": ("weight", "density"),
-    "dare_linear": ("weight", "density"),
-    "della": ("weight", "density"),
-    "della_linear": ("weight", "density"),
-    "task_arithmetic": ("weight",),
-    "linear": ("weight",),
-    "sce": (),
-}
-# Global parameters searched per layer group (one coordinate `<group>.<parameter>`, written as
-# top-level `{filter, value}` conditions), for methods whose knobs are not per model.
-# select_topk is a keep share, so it takes density_range.
-GROUP_PARAMETERS: dict[str, tuple[str, ...]] = {"sce": ("select_topk",)}
-NEEDS_BASE = {"dare_ties", "ties", "dare_linear", "della", "della_linear", "task_arithmetic", "sce"}
-DELLA_EPSILON = 0.15  # mergekit's default
-EMBED_FILTERS = ("model.embed_tokens",)
-HEAD_FILTERS = ("model.norm.", "lm_head")
+# The genome's parameters, their ranges, and whether a base is needed come from the method
+# registry (`Method.genome`, `Method.needs_base`). Per-model parameters get a coordinate per
+# layer group and model; global ones (sce's select_topk) one per layer group, written as
+# top-level `{filter, value}` conditions. The method's other parameters (DELLA's epsilon,
+# lambda, ...) are fixed for the search in `space.parameters`.
+SEARCHABLE = tuple(sorted(name for name, m in METHODS.items() if m.searchable))
 
 
 @dataclass(frozen=True)
@@ -72,12 +60,12 @@ class PSSpace:
     random_seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHOD_PARAMETERS:
+        if self.method not in SEARCHABLE:
             raise ConfigError(
                 f"space.method: {self.method!r} is not searchable in PS space; "
-                f"choose one of {sorted(METHOD_PARAMETERS)}"
+                f"choose one of {list(SEARCHABLE)}"
             )
-        if self.method in NEEDS_BASE and not self.base_model:
+        if self.registry.needs_base and not self.base_model:
             raise ConfigError(f"models.base_model: method {self.method!r} needs a base model")
         if not self.models or len(self.models) != len(self.model_names):
             raise ConfigError("models.sources: need at least one source model, each with a name")
@@ -95,40 +83,38 @@ class PSSpace:
             if not lo < hi:
                 raise ConfigError(f"space.{key}: must satisfy low < high, got [{lo}, {hi}]")
         lo, hi = self.density_range
-        if lo < 0 or hi > 1:
+        if lo < 0 or hi > 1:  # keep shares
             raise ConfigError(f"space.density_range: must lie in [0, 1], got [{lo}, {hi}]")
         for key, rng in (("x0_weight", self.weight_range), ("x0_density", self.density_range)):
             if not rng[0] <= getattr(self, key) <= rng[1]:
                 raise ConfigError(f"space.{key}: must lie in {list(rng)}, got {getattr(self, key)}")
-        declared = get_method(self.method).parameters
+        declared = self.registry.parameters
         for name in self.parameters:
             if name not in declared:
                 raise ConfigError(
                     f"space.parameters.{name}: not a parameter of {self.method} (valid: "
                     f"{', '.join(sorted(declared))}); remove it (~space.parameters.{name})"
                 )
-        for name in GROUP_PARAMETERS.get(self.method, ()):
+        for name in self.group_parameter_names:
             if name in self.parameters:
                 raise ConfigError(
                     f"space.parameters.{name}: searched per layer group for {self.method}; "
-                    "remove it (its range is space.density_range)"
+                    f"remove it (its range is space.{self.registry.genome[name]}_range)"
                 )
-        if self.method.startswith("della"):
-            eps = float(self.parameters.get("epsilon", DELLA_EPSILON))
-            if not (lo - eps > 0 and hi + eps < 1):
-                raise ConfigError(
-                    f"space.density_range: {self.method} needs density - epsilon > 0 and "
-                    f"density + epsilon < 1; with epsilon {eps:g} use a range inside "
-                    f"({eps:g}, {1 - eps:g}), got [{lo}, {hi}]"
-                )
+        _check_cross_rule(self.registry, self.parameters, self.density_range)
+
+    @property
+    def registry(self) -> Method:
+        """The method's registry entry: its genome parameters, ranges and base model."""
+        return get_method(self.method, path="space.method")
 
     @property
     def parameter_names(self) -> tuple[str, ...]:
-        return METHOD_PARAMETERS[self.method]
+        return tuple(p for p in self.registry.genome if p in self.registry.per_model)
 
     @property
     def group_parameter_names(self) -> tuple[str, ...]:
-        return GROUP_PARAMETERS.get(self.method, ())
+        return tuple(p for p in self.registry.genome if p not in self.registry.per_model)
 
     @property
     def groups(self) -> tuple[Group, ...]:
@@ -137,9 +123,7 @@ class PSSpace:
         for start in range(0, self.num_layers, k):
             stop = min(start + k, self.num_layers)
             name = f"layers.{start}" if stop - start == 1 else f"layers.{start}-{stop - 1}"
-            layer_groups.append(
-                Group(name, tuple(f"model.layers.{i}." for i in range(start, stop)))
-            )
+            layer_groups.append(Group(name, tuple(layer_prefix(i) for i in range(start, stop))))
         return (Group("embed", EMBED_FILTERS), *layer_groups, Group("head", HEAD_FILTERS))
 
     @property
@@ -161,7 +145,9 @@ class PSSpace:
         return len(self.names)
 
     def range_of(self, parameter: str) -> tuple[float, float]:
-        return self.weight_range if parameter == "weight" else self.density_range
+        """The space's range for a genome parameter (the registry says which one it takes)."""
+        ranges = {"weight": self.weight_range, "density": self.density_range}
+        return ranges[self.registry.genome[parameter]]
 
     @property
     def template_model(self) -> str:
@@ -219,7 +205,7 @@ def decode(space: PSSpace, x: Sequence[float] | np.ndarray) -> Recipe:
         )
     return Recipe(
         merge_method=space.method,
-        base_model=space.base_model if space.method in NEEDS_BASE else None,
+        base_model=space.base_model if space.registry.needs_base else None,
         models=tuple(models),
         parameters=shared,
         dtype=space.dtype,
@@ -264,6 +250,27 @@ def _group_value(parameters: Mapping[str, Any], parameter: str, group: Group, pa
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise RecipeError(f"{path}: value for group {group.name!r} must be a number, got {value!r}")
     return float(value)
+
+
+def _check_cross_rule(
+    method: Method, fixed: Mapping[str, Any], density_range: tuple[float, float]
+) -> None:
+    """The method's rule across one input's values (DELLA: density +/- epsilon inside (0, 1))
+    must hold over the whole density range, with the fixed parameters at their values."""
+    if method.cross_check is None or "density" not in method.genome:
+        return
+    defaults = {n: p.default for n, p in method.parameters.items() if p.default is not REQUIRED}
+    values = defaults | dict(fixed)
+    lo, hi = density_range
+    # the range's ends, moved inside (0, 1) where they sit on it: the rule holds at the ends
+    # of (0, 1) themselves (nothing pruned) but not next to them
+    for density in (max(lo, math.ulp(0.0)), min(hi, math.nextafter(1.0, 0.0))):
+        problem = method.cross_check(values | {"density": density})
+        if problem is not None:
+            raise ConfigError(
+                f"space.density_range: for {method.name}, {problem} "
+                f"(an end of the range [{lo}, {hi}])"
+            )
 
 
 def _from_unit(u: float, rng: tuple[float, float]) -> float:

@@ -37,10 +37,30 @@ COMPATIBILITY_KEYS = (
 )
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
 LM_HEAD, EMBED = "lm_head.weight", "model.embed_tokens.weight"
+# Tensor-name prefixes of the parts that are no decoder layer (the PS genome's groups).
+EMBED_FILTERS = ("model.embed_tokens",)
+HEAD_FILTERS = ("model.norm.", "lm_head")  # the final norm and the output head
+# Modules of a decoder layer whose outputs join the residual stream: data-flow scales fold here.
+RESIDUAL_WRITERS = ("self_attn.o_proj", "mlp.down_proj")
+
+
+def layer_prefix(index: int) -> str:
+    """The prefix of decoder layer `index`'s tensor names."""
+    return f"model.layers.{index}."
 
 
 def layer_tensor(index: int, suffix: str) -> str:
-    return f"model.layers.{index}.{suffix}"
+    return f"{layer_prefix(index)}{suffix}"
+
+
+def writes_residual(suffix: str) -> bool:
+    """Whether a layer tensor (`suffix` after the layer prefix) belongs to a residual writer."""
+    return suffix.startswith(tuple(f"{module}." for module in RESIDUAL_WRITERS))
+
+
+def is_head(name: str) -> bool:
+    """The output head's tensors (absent from a checkpoint with tied embeddings)."""
+    return name.startswith("lm_head.")
 
 
 @dataclass(frozen=True)

@@ -187,7 +187,7 @@ def run_job(
     tensors = [cache.tensor(inp.model, inp.name, device) for inp in job.inputs]
     if not all(t.is_floating_point() for t in tensors):
         return _agreed_buffer(job, tensors)
-    if plan.method.name in ENTRYWISE and tensors[0].dim() > 0 and tensors[0].numel() > BLOCK:
+    if plan.method.entrywise and tensors[0].dim() > 0 and tensors[0].numel() > BLOCK:
         return _run_blockwise(plan, job, tensors, in_dtype, out_dtype)
     # Inputs are rounded to the recipe's dtype (as mergekit does), then merged in float32
     # (float64 stays) and rounded once at the end. One at a time, to free each original early.
@@ -267,11 +267,9 @@ def _check_finite(plan: MergePlan, job: TensorJob, tensor: torch.Tensor) -> bool
     return bool(torch.isfinite(tensor).all())
 
 
-# Methods whose output entry depends only on the same entry of the inputs (no norm, top-k,
-# L1 rescale or random draw over the whole tensor): merged in row blocks they give the same
-# bits, while the float32 copies (one per input, plus the sum) shrink from whole tensors to
-# one block, which cuts peak memory and keeps the arithmetic in cache.
-ENTRYWISE = frozenset({"linear", "task_arithmetic"})
+# Entry-wise methods (the registry's `entrywise`) merge in row blocks: the float32 copies (one
+# per input, plus the sum) shrink from whole tensors to one block, which cuts peak memory and
+# keeps the arithmetic in cache.
 BLOCK = 1 << 20  # entries per block: 4 MB per float32 copy
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from evomerge.errors import MergeError
-from evomerge.merge.architecture import COMPATIBILITY_KEYS
+from evomerge.merge.architecture import COMPATIBILITY_KEYS, RESIDUAL_WRITERS
 from evomerge.recipe import Recipe
 
 
@@ -57,9 +57,6 @@ def recipe_path(recipe: Recipe) -> tuple[PathStep, ...] | None:
             scale = s.input_scale if k == 0 and s.input_scale is not None else 1.0
             steps.append(PathStep(src.model, layer, scale))
     return tuple(steps)
-
-
-RESIDUAL_WRITERS = ("o_proj", "down_proj")  # modules whose outputs join the residual stream
 
 
 class _PathLayer(nn.Module):
@@ -101,7 +98,7 @@ def _install_writer_hooks(layer: nn.Module) -> None:
         return None if factor == 1.0 else output * factor
 
     for name, module in layer.named_modules():
-        if name.rsplit(".", 1)[-1] in RESIDUAL_WRITERS:
+        if name in RESIDUAL_WRITERS:
             module.register_forward_hook(hook)
 
 

@@ -24,12 +24,9 @@ from typing import Any
 import torch
 
 from evomerge.errors import MergeError, RecipeError
-from evomerge.merge.architecture import ModelLayout, layer_tensor
+from evomerge.merge.architecture import ModelLayout, layer_tensor, writes_residual
 from evomerge.merge.methods import REQUIRED, Method, Param, get_method
 from evomerge.recipe import Parameters, Recipe, resolve_value
-
-# Layer tensors that write into the residual stream (Llama family): data-flow scales fold here.
-RESIDUAL_WRITERS = ("self_attn.o_proj.", "mlp.down_proj.")
 
 
 @dataclass(frozen=True)
@@ -99,7 +96,7 @@ def plan_merge(recipe: Recipe, layouts: Mapping[str, ModelLayout]) -> MergePlan:
             for suffix in layouts[first.model].layer_suffixes:
                 out_name = layer_tensor(out_layer, suffix)
                 job = _job(recipe, method, layouts, seg, out_name, suffix, offset, t)
-                if residual_scale != 1.0 and suffix.startswith(RESIDUAL_WRITERS):
+                if residual_scale != 1.0 and writes_residual(suffix):
                     job = _fold_scale(job, residual_scale)
                 jobs.append(job)
             layer_sources.append((first.model, first.layer_start + offset))

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from evomerge.errors import ConfigError, RecipeError
-from evomerge.genome.ps import METHOD_PARAMETERS, PSSpace, decode, encode
+from evomerge.genome.ps import SEARCHABLE, PSSpace, decode, encode
 from evomerge.recipe import dump_recipe, load_recipe
 
 
@@ -29,7 +29,7 @@ def space(method="dare_ties", layers=4, k=1, n_models=2):
 def spaces(draw):
     layers = draw(st.integers(1, 6))
     return space(
-        method=draw(st.sampled_from(sorted(METHOD_PARAMETERS))),
+        method=draw(st.sampled_from(SEARCHABLE)),
         layers=layers,
         k=draw(st.integers(1, layers)),
         n_models=draw(st.integers(1, 3)),
@@ -186,7 +186,7 @@ def test_decoded_recipes_merge_into_a_live_model(method, tmp_path):
         (
             "della",
             {},
-            r"space.density_range: della needs density - epsilon > 0 .* inside \(0.15, 0.85\)",
+            r"space.density_range: for della, density - epsilon > 0 .* got density 0.1, epsilon 0.15",
         ),
         (
             "sce",
@@ -204,3 +204,32 @@ def test_new_methods_reject_spaces_they_cannot_merge(method, kwargs, message):
     args = {"base_model": "/b", "models": ("/m0",), "model_names": ("m0",), "num_layers": 2}
     with pytest.raises(ConfigError, match=message):
         PSSpace(method=method, **(args | kwargs))
+
+
+def test_the_registry_decides_what_a_genome_holds():
+    """Genome parameters, their ranges and the base model come from the method registry."""
+    from evomerge.merge.methods import METHODS
+
+    assert SEARCHABLE == (
+        "dare_linear",
+        "dare_ties",
+        "della",
+        "della_linear",
+        "linear",
+        "sce",
+        "task_arithmetic",
+        "ties",
+    )
+    for name in SEARCHABLE:
+        s = PSSpace(
+            base_model="/b",
+            models=("/m0",),
+            model_names=("m0",),
+            num_layers=2,
+            method=name,
+            density_range=(0.2, 0.8),
+        )
+        genome = METHODS[name].genome
+        assert set(s.parameter_names) | set(s.group_parameter_names) == set(genome)
+        assert {n.rsplit(".", 1)[1] for n in s.names} == set(genome)
+        assert (decode(s, s.x0()).base_model is not None) == METHODS[name].needs_base

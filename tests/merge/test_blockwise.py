@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from evomerge.merge import execute, merge_to_disk
+from evomerge.merge import METHODS, execute, merge_to_disk
 from evomerge.recipe import load_recipe
 from evomerge_dev.bench.checkpoints import generate_family
 from evomerge_dev.bench.merge import recipe_text
 
 
-@pytest.mark.parametrize("method", sorted(execute.ENTRYWISE))
+@pytest.mark.parametrize("method", sorted(m.name for m in METHODS.values() if m.entrywise))
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_blockwise_equals_whole_tensor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, dtype: str

@@ -110,6 +110,18 @@ class Method:
     converts_inputs: bool = False  # gets inputs narrower than float32 as they are (see run_job)
     reference: str = ""
     cross_check: CrossCheck | None = None
+    # Output entry i depends on entry i of the inputs only (no norm, top-k, L1 rescale or
+    # random draw over the whole tensor): merged in row blocks, it gives the same bits.
+    entrywise: bool = False
+    # The parameters a search may put in a genome, in coordinate order, each with the search
+    # space's range it takes: "weight" (space.weight_range) or "density" (a keep share,
+    # space.density_range). Per-model ones get a coordinate per layer group and model, shared
+    # ones one per layer group. Empty: the method is not searchable.
+    genome: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def searchable(self) -> bool:
+        return bool(self.genome)
 
     @property
     def parameters(self) -> Mapping[str, Param]:

@@ -41,6 +41,9 @@ def _della_rule(values: Mapping[str, Any]) -> str | None:
     return None
 
 
+_WEIGHT_AND_DENSITY = {"weight": "weight", "density": "density"}  # genome: parameter -> range
+
+
 def _ta(name: str, fn: MethodFn, *, normalize: bool, rescale: bool, ref: str, **kw: Any) -> Method:
     per_model = {"weight": _WEIGHT, "density": _DENSITY}
     if name.startswith("breadcrumbs"):
@@ -70,6 +73,8 @@ METHODS: Mapping[str, Method] = {
             shared={"normalize": Param(bool, default=True)},
             needs_base=False,
             reference="arXiv:2203.05482",
+            entrywise=True,
+            genome={"weight": "weight"},
         ),
         _ta(
             "task_arithmetic",
@@ -77,10 +82,35 @@ METHODS: Mapping[str, Method] = {
             normalize=False,
             rescale=False,
             ref="arXiv:2212.04089",
+            entrywise=True,
+            genome={"weight": "weight"},
         ),
-        _ta("ties", tv.ties, normalize=True, rescale=False, ref="arXiv:2306.01708"),
-        _ta("dare_ties", tv.dare_ties, normalize=False, rescale=True, ref=_DARE, seeded=True),
-        _ta("dare_linear", tv.dare_linear, normalize=False, rescale=True, ref=_DARE, seeded=True),
+        _ta(
+            "ties",
+            tv.ties,
+            normalize=True,
+            rescale=False,
+            ref="arXiv:2306.01708",
+            genome=_WEIGHT_AND_DENSITY,
+        ),
+        _ta(
+            "dare_ties",
+            tv.dare_ties,
+            normalize=False,
+            rescale=True,
+            ref=_DARE,
+            seeded=True,
+            genome=_WEIGHT_AND_DENSITY,
+        ),
+        _ta(
+            "dare_linear",
+            tv.dare_linear,
+            normalize=False,
+            rescale=True,
+            ref=_DARE,
+            seeded=True,
+            genome=_WEIGHT_AND_DENSITY,
+        ),
         _ta("breadcrumbs", tv.breadcrumbs, normalize=False, rescale=False, ref=_BREADCRUMBS),
         _ta(
             "breadcrumbs_ties",
@@ -89,9 +119,23 @@ METHODS: Mapping[str, Method] = {
             rescale=False,
             ref=_BREADCRUMBS,
         ),
-        _ta("della", tv.della, normalize=True, rescale=True, ref=_DELLA, seeded=True),
         _ta(
-            "della_linear", tv.della_linear, normalize=False, rescale=True, ref=_DELLA, seeded=True
+            "della",
+            tv.della,
+            normalize=True,
+            rescale=True,
+            ref=_DELLA,
+            seeded=True,
+            genome=_WEIGHT_AND_DENSITY,
+        ),
+        _ta(
+            "della_linear",
+            tv.della_linear,
+            normalize=False,
+            rescale=True,
+            ref=_DELLA,
+            seeded=True,
+            genome=_WEIGHT_AND_DENSITY,
         ),
         Method(
             "sce",
@@ -103,6 +147,7 @@ METHODS: Mapping[str, Method] = {
             },
             needs_base=True,
             reference="arXiv:2408.07990",
+            genome={"select_topk": "density"},  # a keep share, one per layer group
         ),
         Method(
             "ram",
