@@ -12,6 +12,10 @@ forms, as in mergekit:
 Extensions are additive keys that mergekit ignores: `random_seed` (DARE's drop masks) and a
 slice's `input_scale` (data-flow merges: the hidden state entering the slice is multiplied by it;
 passthrough folds it into the weights, see merge/plan.py).
+
+This module checks a recipe's syntax (keys, shapes, value types). What depends on the merge
+method (its name, parameters, base model, model counts) is checked by
+`evomerge.merge.check_recipe`, which every merge runs before it reads a tensor.
 """
 
 from __future__ import annotations
@@ -123,7 +127,8 @@ _IGNORED_TOP_KEYS = ("name", "chat_template")
 
 
 def load_recipe(source: str | Path) -> Recipe:
-    """Parse a recipe from a YAML file path or from YAML text (yaml.safe_load only)."""
+    """Parse a recipe from a YAML file path or from YAML text (yaml.safe_load only); syntax
+    only (see `evomerge.merge.check_recipe`)."""
     text, where = read_source(source)
     data = safe_load_yaml(text, where)
     if not isinstance(data, Mapping):
@@ -137,12 +142,9 @@ def dump_recipe(recipe: Recipe) -> str:
 
 
 def parse_recipe(data: Mapping[str, Any]) -> Recipe:
-    """Validate a mergekit-style mapping into a Recipe; errors start with the key path."""
-    from evomerge.merge.methods import get_method  # late: merge imports this module
-
+    """A mergekit-style mapping as a Recipe, its syntax checked; errors start with the key path."""
     _check_keys(data, _TOP_KEYS + _IGNORED_TOP_KEYS, "")
     method_name = _require_str(data, "merge_method", "")
-    method = get_method(method_name, path="merge_method")
     if data.get("tokenizer_source") == "union":
         raise RecipeError(
             "tokenizer_source: 'union' (vocabulary merging) is not supported; "
@@ -154,7 +156,7 @@ def parse_recipe(data: Mapping[str, Any]) -> Recipe:
     has_models, has_slices = bool(data.get("models")), bool(data.get("slices"))
     if has_models == has_slices:
         raise RecipeError("recipe: give exactly one of `models` or `slices` (a non-empty list)")
-    recipe = Recipe(
+    return Recipe(
         merge_method=method_name,
         base_model=_optional_str(data, "base_model", ""),
         parameters=_parse_parameters(data.get("parameters"), "parameters"),
@@ -169,8 +171,6 @@ def parse_recipe(data: Mapping[str, Any]) -> Recipe:
             _parse_slice(s, f"slices[{i}]") for i, s in enumerate(data.get("slices") or ())
         ),
     )
-    method.check_recipe(recipe)
-    return recipe
 
 
 # --- parsing helpers -------------------------------------------------------------------------

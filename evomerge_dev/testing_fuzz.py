@@ -16,6 +16,7 @@ import yaml
 from hypothesis import strategies as st
 
 from evomerge.errors import RecipeError
+from evomerge.merge import check_recipe
 from evomerge.recipe import Recipe, load_recipe
 
 METHOD_NAMES = ("linear", "task_arithmetic", "ties", "dare_ties", "slerp", "passthrough", "nope")
@@ -204,7 +205,7 @@ def recipe_texts() -> st.SearchStrategy[str]:
 def check_recipe_text(text: str) -> Recipe | RecipeError:
     """Parse `text`; the only acceptable failure is a RecipeError that names its key path."""
     try:
-        return load_recipe(text)
+        return check_recipe(load_recipe(text))
     except RecipeError as e:
         if not KEY_PATH.match(str(e)):
             raise AssertionError(f"RecipeError without a key path: {e}") from e

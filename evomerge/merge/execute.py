@@ -19,6 +19,7 @@ from evomerge.merge.io import ShardedWriter
 from evomerge.merge.methods import MergeArgs, TaskVector
 from evomerge.merge.output import write_extras
 from evomerge.merge.plan import MergePlan, TensorJob, plan_merge
+from evomerge.merge.recipe_checks import check_recipe
 from evomerge.merge.sparsify import RandomDraws
 from evomerge.recipe import Recipe
 
@@ -135,7 +136,7 @@ def _device(options: MergeOptions) -> torch.device:
 
 
 def _plan(recipe: Recipe, cache: SourceCache, options: MergeOptions) -> MergePlan:
-    refs = recipe.referenced_models()
+    refs = check_recipe(recipe).referenced_models()
     layouts = {ref: cache.layout(ref, allow_pickle=options.allow_pickle) for ref in refs}
     check_compatible([layouts[ref] for ref in refs])
     if recipe.tokenizer_source not in (None, "base"):

@@ -1,15 +1,23 @@
-"""Recipe checks that need the method registry: parameter names, values, base model, counts."""
+"""Recipe checks that need the method registry: parameter names, values, base model, counts.
+
+The recipe module checks syntax only; these run on a parsed recipe, before any tensor is read.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from evomerge.errors import RecipeError
+from evomerge.merge.methods.base import REQUIRED, Method, Param
+from evomerge.merge.methods.registry import get_method
 from evomerge.recipe import Condition, Parameters, ParameterValue, Recipe
 
-if TYPE_CHECKING:
-    from evomerge.merge.methods import Method, Param
+
+def check_recipe(recipe: Recipe) -> Recipe:
+    """The recipe, once its method exists and takes what the recipe gives it: parameter names,
+    types and ranges everywhere, the base model and the number of models."""
+    check_recipe_for_method(get_method(recipe.merge_method, path="merge_method"), recipe)
+    return recipe
 
 
 def check_recipe_for_method(method: Method, recipe: Recipe) -> None:
@@ -96,7 +104,7 @@ def _check_models_form(method: Method, recipe: Recipe) -> None:
     others = [m for m in recipe.models if m.model != base] if uses_base else recipe.models
     _check_counts(method, len(others), "models", has_base=uses_base)
     for name, param in method.per_model.items():
-        if param.default is not _required():
+        if param.default is not REQUIRED:
             continue
         for i, m in enumerate(recipe.models):
             if m in others and not _has_parameter(name, [m.parameters, recipe.parameters]):
@@ -134,7 +142,7 @@ def _check_slice(method: Method, recipe: Recipe, index: int) -> None:
         names = [n for n in names if n != base]
     _check_counts(method, len(names), f"{path}.sources", has_base=uses_base)
     for name, param in method.per_model.items():
-        if param.default is not _required():
+        if param.default is not REQUIRED:
             continue
         for j, src in enumerate(s.sources):
             scopes = [src.parameters, s.parameters, recipe.parameters]
@@ -148,11 +156,5 @@ def _check_slice(method: Method, recipe: Recipe, index: int) -> None:
 
 def _check_shared_required(method: Method, scopes: Sequence[Parameters], path: str) -> None:
     for name, param in method.shared.items():
-        if param.default is _required() and not _has_parameter(name, scopes):
+        if param.default is REQUIRED and not _has_parameter(name, scopes):
             raise RecipeError(f"{path}.{name}: required by {method.name}")
-
-
-def _required() -> object:
-    from evomerge.merge.methods import REQUIRED
-
-    return REQUIRED

@@ -21,6 +21,7 @@ from typing import Any
 
 from evomerge.errors import MergeError, RecipeError
 from evomerge.merge.execute import MergeOptions, merge_to_disk
+from evomerge.merge.recipe_checks import check_recipe
 from evomerge.recipe import Recipe, dump_recipe, parse_recipe, read_source, safe_load_yaml
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -48,7 +49,7 @@ def load_stages(source: str | Path) -> tuple[Stage, ...]:
             )
         name = _stage_name(data.get("name"), where) if len(documents) > 1 else None
         try:
-            recipe = parse_recipe(data)
+            recipe = check_recipe(parse_recipe(data))
         except RecipeError as e:
             if len(documents) == 1:
                 raise

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from evomerge.errors import MergeError, RecipeError
-from evomerge.merge import merge_to_disk
+from evomerge.merge import check_recipe, merge_to_disk
 from evomerge.merge.path import PathModel, PathStep, recipe_path
 from evomerge.recipe import Recipe, SliceSpec, SourceSpec, dump_recipe, load_recipe
 from evomerge_dev.testing import make_tiny_llama
@@ -64,7 +64,7 @@ slices:
     input_scale: 2.0
 """
     with pytest.raises(RecipeError, match="only passthrough can fold"):
-        load_recipe(text)
+        check_recipe(load_recipe(text))
 
 
 def test_recipe_path_reads_slices_and_rejects_tensor_math() -> None:

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evomerge.errors import RecipeError
+from evomerge.merge import check_recipe
 from evomerge.recipe import (
     Condition,
     ModelSpec,
@@ -141,8 +142,9 @@ BAD = [
 
 @pytest.mark.parametrize(("text", "message"), BAD)
 def test_bad_recipes_name_the_key_path(text: str, message: str) -> None:
+    """Syntax (load_recipe) and what the method needs (check_recipe): each error names where."""
     with pytest.raises(RecipeError) as info:
-        load_recipe(text)
+        check_recipe(load_recipe(text))
     assert message in str(info.value)
 
 
@@ -211,3 +213,12 @@ def test_load_dump_round_trip(recipe: Recipe) -> None:
     assert load_recipe(text) == recipe
     assert dump_recipe(load_recipe(text)) == text
     assert parse_recipe(recipe.to_dict()) == recipe
+
+
+def test_syntax_alone_leaves_the_method_to_check_recipe() -> None:
+    """load_recipe reads what any method could take; check_recipe holds it to its method."""
+    recipe = load_recipe("merge_method: ties\nmodels: [{model: a, parameters: {weight: 1}}]\n")
+    with pytest.raises(RecipeError, match="base_model: ties needs a base model"):
+        check_recipe(recipe)
+    with pytest.raises(RecipeError, match="merge_method: unknown merge method 'tie'"):
+        check_recipe(load_recipe("merge_method: tie\nmodels: [{model: a}]\n"))

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from evomerge.errors import RecipeError
-
-if TYPE_CHECKING:
-    from evomerge.recipe import Recipe
 
 Tensor = torch.Tensor
 REQUIRED = object()
@@ -130,9 +127,3 @@ class Method:
     @property
     def uses_base(self) -> bool:
         return self.needs_base or self.optional_base
-
-    def check_recipe(self, recipe: Recipe) -> None:
-        """Parameter names, types and ranges everywhere; base model and input counts."""
-        from evomerge.merge.recipe_checks import check_recipe_for_method
-
-        check_recipe_for_method(self, recipe)
