@@ -16,6 +16,7 @@ from evomerge.evaluate.fitness import Results
 from evomerge.evaluate.runner import evaluate
 from evomerge.evaluate.settings import EvalSettings
 from evomerge.evaluate.tasks import load_tasks
+from evomerge.model_ref import resolve_reference
 
 
 def main(argv: Sequence[str]) -> int:
@@ -55,17 +56,8 @@ def run_eval(
     task_set = load_tasks(tasks, settings, extra_paths=include)
     if model.endswith((".yaml", ".yml")):
         return _eval_recipe(Path(model), task_set, settings)
-    backend = make_backend(resolve_model(model, toy_size), settings)
+    backend = make_backend(resolve_reference(model, toy_size), settings)
     return evaluate(backend, task_set).results
-
-
-def resolve_model(model: str, toy_size: str) -> str:
-    if model.startswith("toy:"):
-        from evomerge.toy import ensure_family
-
-        family = ensure_family(size=toy_size)
-        return str(family.path(model.removeprefix("toy:")))
-    return model
 
 
 def _eval_recipe(path: Path, task_set: Any, settings: EvalSettings) -> Results:

@@ -17,9 +17,9 @@ from evomerge.errors import ConfigError
 from evomerge.genome.dfs import DFSSpace
 from evomerge.merge import MergeOptions, merge_to_disk
 from evomerge.merge.stages import Stage, with_results
+from evomerge.model_ref import model_config, num_layers_of, resolve_reference
 from evomerge.recipe import Recipe, dump_recipe, load_recipe
 from evomerge.search.config import SearchConfig
-from evomerge.search.space import model_config, num_layers_of, resolve_reference
 
 DFS_KEYS = ("sources", "repeats", "scaling", "scale_range", "max_path_length")
 PS_MODEL = "ps"  # the PS result's name among the DFS sources

@@ -2,47 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
 from evomerge.errors import ConfigError
 from evomerge.genome import GenomeSpace
 from evomerge.genome.ps import PSSpace
+from evomerge.model_ref import num_layers_of, resolve_reference
 from evomerge.search.config import SearchConfig
-
-
-def resolve_reference(ref: str, toy_size: str) -> str:
-    """`toy:<member>` -> the cached toy model directory (built on first use); others unchanged."""
-    if ref.startswith("toy:"):
-        from evomerge.toy import ensure_family
-
-        return str(ensure_family(size=toy_size).path(ref.removeprefix("toy:")))
-    return ref
-
-
-def num_layers_of(model: str) -> int:
-    """`num_hidden_layers` from a local directory's config.json or a Hub model's config."""
-    config = model_config(model)
-    n = config.get("num_hidden_layers") or config.get("text_config", {}).get("num_hidden_layers")
-    if not isinstance(n, int):
-        raise ConfigError(f"models: {model!r} has no num_hidden_layers in its config")
-    return n
-
-
-def model_config(model: str) -> dict[str, Any]:
-    """A local directory's config.json, or a Hub model's config."""
-    path = Path(model) / "config.json"
-    if path.is_file():
-        config: dict[str, Any] = json.loads(path.read_text())
-    else:
-        from transformers import AutoConfig
-
-        try:
-            config = AutoConfig.from_pretrained(model).to_dict()
-        except OSError as e:
-            raise ConfigError(f"models: cannot read the config of {model!r}: {e}") from e
-    return config
 
 
 def build_space(cfg: SearchConfig) -> GenomeSpace:

@@ -16,10 +16,11 @@ from evomerge.genome.dfs import DFSSpace
 from evomerge.genome.ps import PSSpace
 from evomerge.merge import merge_to_disk
 from evomerge.merge.stages import load_stages, merge_recipe_file
+from evomerge.model_ref import resolve_reference
 from evomerge.recipe import dump_recipe, load_recipe
 from evomerge.search.config import search_config
 from evomerge.search.loop import run_search
-from evomerge.search.space import build_space, resolve_reference
+from evomerge.search.space import build_space
 from evomerge.search.study import FAILURE
 from evomerge_dev.testing import SMALL_SEARCH
 

@@ -1,0 +1,47 @@
+"""Model references, as `models.sources`, `models.base_model` and `eval model=` name them: a
+local directory, a Hugging Face Hub id, or `toy:<member>` (the embedded toy family, built on
+first use). Resolution and metadata only; reading a model's files is the merge core's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from evomerge.errors import ConfigError
+
+TOY_PREFIX = "toy:"
+
+
+def resolve_reference(ref: str, toy_size: str = "full") -> str:
+    """`toy:<member>` -> the cached toy model directory (built on first use); others unchanged."""
+    if ref.startswith(TOY_PREFIX):
+        from evomerge.toy import ensure_family
+
+        return str(ensure_family(size=toy_size).path(ref.removeprefix(TOY_PREFIX)))
+    return ref
+
+
+def model_config(model: str) -> dict[str, Any]:
+    """A local directory's config.json, or a Hub model's config."""
+    path = Path(model) / "config.json"
+    if path.is_file():
+        config: dict[str, Any] = json.loads(path.read_text())
+    else:
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(model).to_dict()
+        except OSError as e:
+            raise ConfigError(f"models: cannot read the config of {model!r}: {e}") from e
+    return config
+
+
+def num_layers_of(model: str) -> int:
+    """`num_hidden_layers` from the model's config (or its text config)."""
+    config = model_config(model)
+    n = config.get("num_hidden_layers") or config.get("text_config", {}).get("num_hidden_layers")
+    if not isinstance(n, int):
+        raise ConfigError(f"models: {model!r} has no num_hidden_layers in its config")
+    return n
