@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from evomerge.merge import sparsify
+from evomerge.merge.drops import CounterDraws
 from evomerge.merge.methods.base import MergeArgs, Tensor
 
 
@@ -115,7 +116,7 @@ def della_prune_(
     epsilon: float,
     *,
     rescale: bool,
-    generator: torch.Generator | sparsify.RandomDraws | None,
+    generator: torch.Generator | sparsify.RandomDraws | CounterDraws | None,
 ) -> None:
     """In place: DELLA's MagPrune. Keep probability density - eps + 2 eps r, r in [0, 1].
 
@@ -146,9 +147,11 @@ def della_prune_(
             rows.mul_(before / after)
 
 
-def uniform_draws(source: torch.Generator | sparsify.RandomDraws | None, like: Tensor) -> Tensor:
+def uniform_draws(
+    source: torch.Generator | sparsify.RandomDraws | CounterDraws | None, like: Tensor
+) -> Tensor:
     """U ~ [0, 1) shaped like `like`, from the merge's seeded draws or a torch.Generator."""
-    if isinstance(source, sparsify.RandomDraws):
+    if isinstance(source, sparsify.RandomDraws | CounterDraws):
         return source.uniform(like)
     return torch.rand(like.shape, generator=source, device=like.device, dtype=like.dtype)
 
