@@ -19,10 +19,13 @@ from evomerge.merge.io import CheckpointReader, resolve_model_dir
 from evomerge.merge.methods import TaskVector
 from evomerge.merge.overlap import fault_in
 
-# Task vectors kept by a preloading cache, at most this many bytes: the toy family needs
-# 23 MB; a pair of 7B fine-tunes would need 56 GB, so past the budget they are recomputed
-# per merge (as without a cache) rather than exhausting memory.
-TASK_VECTOR_BYTES = 4 * 2**30
+# Task vectors kept by a preloading cache, at most this many bytes. A kept vector saves one
+# subtraction and one L1 sum per source and candidate (a few percent of a candidate); it costs
+# resident memory, which the search keeps to about one model + 2 GB: a merge's own working set
+# (N + 3 float32 copies of the largest tensor, 1.6 GB at a 32000 x 2048 embedding) takes most
+# of the 2 GB. The toy family's vectors (23 MB) all fit; past the budget, vectors are computed
+# per merge, as without a cache.
+TASK_VECTOR_BYTES = 512 * 2**20
 # Source tensors kept on a GPU merge device: unbounded by default, as the paper's setting is
 # sized for it (four 7B models in bf16, 58 GB, beside the evaluator on one 141 GB H200); a
 # smaller budget trades re-reads over PCIe for device memory.
