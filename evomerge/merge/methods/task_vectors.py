@@ -69,6 +69,7 @@ def _task_arithmetic(
         # arithmetic, sign(sign(sum) + 1/2): torch.where on a bool tensor is 10-40x slower.
         elected = _sum_rows(deltas).sign_().add_(0.5).sign_()
         mixed = _sum_rows(deltas.mul_(elected).clamp_(min=0)).mul_(elected)
+        del elected, deltas
     elif consensus:
         # As above, plus the agreement itself, sign(max(s * delta, 0)) in {0, 1}: the
         # divisor is the sum of the agreeing weights (1 where none agrees), all in float
@@ -85,13 +86,14 @@ def _task_arithmetic(
         mixed /= divisor
     else:
         mixed = _sum_rows(deltas)
+        del deltas
         if normalize:
             total = weights.sum(dim=0)
             total[total.abs() < 1e-8] = 1
             mixed /= total
     if args.shared["lambda"] != 1:
         mixed *= args.shared["lambda"]
-    return base + mixed
+    return mixed.add_(base)  # = base + mixed, without one more tensor of memory
 
 
 def _sum_rows(stacked: Tensor) -> Tensor:
