@@ -21,11 +21,11 @@ from evomerge.merge.overlap import fault_in
 
 # Task vectors kept by a preloading cache, at most this many bytes. A kept vector saves one
 # subtraction and one L1 sum per source and candidate (a few percent of a candidate); it costs
-# resident memory, which the search keeps to about one model + 2 GB: a merge's own working set
-# (N + 3 float32 copies of the largest tensor, 1.6 GB at a 32000 x 2048 embedding) takes most
-# of the 2 GB. The toy family's vectors (23 MB) all fit; past the budget, vectors are computed
-# per merge, as without a cache.
-TASK_VECTOR_BYTES = 512 * 2**20
+# resident memory, which a search keeps within one model + 2 GB at 1B parameters (README,
+# "Memory of a search"): imports (0.2 GB) and a merge's working set (N + 3 float32 copies of the
+# largest tensor, 1.6 GB at a 32000 x 2048 embedding) leave about this much. The toy family's
+# vectors (23 MB) all fit; past the budget, vectors are computed per merge.
+TASK_VECTOR_BYTES = 256 * 2**20
 # Source tensors kept on a GPU merge device: unbounded by default, as the paper's setting is
 # sized for it (four 7B models in bf16, 58 GB, beside the evaluator on one 141 GB H200); a
 # smaller budget trades re-reads over PCIe for device memory.
