@@ -14,6 +14,12 @@ import sys
 # small CMA-ES matrices, and its idle threads spin after each call, slowing the CPU merge that
 # follows (toy search: 24 ms -> 12 ms per merge on 2 cores). torch keeps its own threads.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# torch's OpenMP threads sleep while they wait for work instead of spinning, set before torch
+# loads. Spinning threads wait for each other, which on a busy machine costs a core-share each:
+# with one other CPU-bound process on 2 cores, the toy build ran 25x slower (0.15 against about
+# 4 steps/s) where passive threads slow it in proportion (results/README.md, "A busy machine").
+# The wait policy changes no result (the toy family's bytes are the same; tests/toy).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from evomerge.errors import EvomergeError
 

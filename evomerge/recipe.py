@@ -9,7 +9,9 @@ forms, as in mergekit:
 - a list of `{filter, value}` conditions; the first whose filter is a substring of the tensor
   name (or is missing / `*`) applies.
 
-Extensions are additive keys that mergekit ignores: `random_seed` (DARE's drop masks) and a
+Extensions are additive keys that mergekit ignores: `random_seed` and `drop_scheme` (DARE's
+and DELLA's drop masks: `counter`, a keyed hash of the entry index, or `torch_cpu`, torch's CPU
+generator, which a recipe without the key uses, as recipes written before the key did) and a
 slice's `input_scale` (data-flow merges: the hidden state entering the slice is multiplied by it;
 passthrough folds it into the weights, see merge/plan.py).
 
@@ -82,6 +84,7 @@ class Recipe:
     out_dtype: str | None = None
     tokenizer_source: str | None = None
     random_seed: int | None = None
+    drop_scheme: str | None = None  # None: torch_cpu (see merge/drops.py)
 
     def referenced_models(self) -> tuple[str, ...]:
         """Every model the recipe reads, base first, each once, in recipe order."""
@@ -95,7 +98,8 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """Plain mergekit-layout dict (lists and dicts only), keys in the canonical order."""
         out: dict[str, Any] = {"merge_method": self.merge_method}
-        for key in ("base_model", "dtype", "out_dtype", "tokenizer_source", "random_seed"):
+        keys = ("base_model", "dtype", "out_dtype", "tokenizer_source", "random_seed")
+        for key in (*keys, "drop_scheme"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.parameters:
@@ -120,7 +124,9 @@ _TOP_KEYS = (
     "out_dtype",
     "tokenizer_source",
     "random_seed",
+    "drop_scheme",
 )
+DROP_SCHEMES = ("torch_cpu", "counter")  # merge/drops.py
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 # mergekit keys we accept and ignore (documented in the README): they do not change tensors.
 _IGNORED_TOP_KEYS = ("name", "chat_template")
@@ -164,6 +170,7 @@ def parse_recipe(data: Mapping[str, Any]) -> Recipe:
         out_dtype=_optional_dtype(data, "out_dtype"),
         tokenizer_source=_optional_str(data, "tokenizer_source", ""),
         random_seed=_optional_int(data, "random_seed"),
+        drop_scheme=_optional_choice(data, "drop_scheme", DROP_SCHEMES),
         models=tuple(
             _parse_model(m, f"models[{i}]") for i, m in enumerate(data.get("models") or ())
         ),
@@ -232,6 +239,13 @@ def _optional_dtype(data: Mapping[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is not None and value not in DTYPES:
         raise RecipeError(f"{key}: must be one of {', '.join(DTYPES)}, got {value!r}")
+    return value
+
+
+def _optional_choice(data: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str | None:
+    value = data.get(key)
+    if value is not None and value not in choices:
+        raise RecipeError(f"{key}: must be one of {', '.join(choices)}, got {value!r:.60}")
     return value
 
 

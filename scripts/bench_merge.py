@@ -1,13 +1,14 @@
 """Merge speed and memory, evomerge against mergekit 0.1.5 (`mergekit-yaml`, CPU), one run.
 
-    python scripts/bench_merge.py [--params 0.5e9] [--repetitions 3] [--threads 1]
+    python scripts/bench_merge.py [--params 0.5e9] [--repetitions 3] [--threads 1 2]
         [--methods linear ties ...] [--cache ~/.cache/evomerge/bench-merge] [--json FILE]
 
 Generates (once, cached) three same-architecture Llama checkpoints of about --params parameters
 (bf16, 500 MB shards): a base and two fine-tunes. Runs linear, task_arithmetic, ties,
-dare_ties and slerp through `python -m evomerge merge` and `mergekit-yaml --no-cuda
---num-threads T --random-seed 0 --quiet` (defaults otherwise: one output shard at this size),
-interleaved, each run in a child process with OMP_NUM_THREADS=MKL_NUM_THREADS=T. Also times
+dare_ties and slerp through `python -m evomerge merge --threads T` and `mergekit-yaml --no-cuda
+--num-threads T --async-write --write-threads T --random-seed 0 --quiet` (mergekit's fastest
+CPU flags; defaults otherwise: one output shard at this size), interleaved by method, thread
+count and tool, each run in a child process with OMP_NUM_THREADS=MKL_NUM_THREADS=T. Also times
 the floor: read all inputs and write one output of the same size with plain safetensors.
 """
 
@@ -31,7 +32,7 @@ def main() -> None:
     p.add_argument("--params", type=float, default=0.5e9)
     p.add_argument("--repetitions", type=int, default=3)
     p.add_argument("--hidden", type=int, default=2048, help="width (vocabulary 32000)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, nargs="+", default=[1], help="thread counts")
     p.add_argument("--dtype", default="bfloat16", help="the recipes' dtype: key")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache/evomerge/bench-merge")
@@ -59,7 +60,7 @@ def main() -> None:
 def print_table(out: dict) -> None:
     print(
         f"\n{out['parameters'] / 1e9:.2f}B parameters x 3 models, {out['input_gb_each']:.2f} GB "
-        f"each; recipe dtype {out['recipe_dtype']}; {out['threads']} thread(s); "
+        f"each; recipe dtype {out['recipe_dtype']}; threads {out['threads']}; "
         f"median of {out['repetitions']}"
     )
     print(

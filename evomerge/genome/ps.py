@@ -210,6 +210,8 @@ def decode(space: PSSpace, x: Sequence[float] | np.ndarray) -> Recipe:
         parameters=shared,
         dtype=space.dtype,
         random_seed=space.random_seed,
+        # counter-based drops: computed where the merge runs, nothing stored (merge/drops.py)
+        drop_scheme="counter" if get_method(space.method).seeded else None,
     )
 
 

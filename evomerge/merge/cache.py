@@ -1,4 +1,11 @@
-"""Opened source checkpoints, kept across merges (the search merges hundreds of times)."""
+"""Opened source checkpoints, kept across merges (the search merges hundreds of times).
+
+Memory model of a search (README, "Memory"): source tensors are never copied whole into the
+process. On the CPU each merge maps the tensors it reads from the files (the page cache holds
+them between candidates, and gives them back when memory is short: reading then streams from
+disk); on a GPU, copies on the device are kept up to `device_bytes`, past which tensors are
+read from the maps again per merge. Task vectors are kept up to `task_vector_bytes`.
+"""
 
 from __future__ import annotations
 
@@ -10,34 +17,48 @@ import torch
 from evomerge.merge.architecture import ModelLayout, describe_model, read_config
 from evomerge.merge.io import CheckpointReader, resolve_model_dir
 from evomerge.merge.methods import TaskVector
+from evomerge.merge.overlap import fault_in
 
-# Task vectors kept by a preloading cache, at most this many bytes: the toy family needs
-# 23 MB; a pair of 7B fine-tunes would need 56 GB, so past the budget they are recomputed
-# per merge (as without a cache) rather than exhausting memory.
-TASK_VECTOR_BYTES = 4 * 2**30
+# Task vectors kept by a preloading cache, at most this many bytes. A kept vector saves one
+# subtraction and one L1 sum per source and candidate (a few percent of a candidate); it costs
+# resident memory, which a search keeps within one model + 2 GB at 1B parameters (README,
+# "Memory of a search"): imports (0.2 GB) and a merge's working set (N + 3 float32 copies of the
+# largest tensor, 1.6 GB at a 32000 x 2048 embedding) leave about this much. The toy family's
+# vectors (23 MB) all fit; past the budget, vectors are computed per merge.
+TASK_VECTOR_BYTES = 256 * 2**20
+# Source tensors kept on a GPU merge device: unbounded by default, as the paper's setting is
+# sized for it (four 7B models in bf16, 58 GB, beside the evaluator on one 141 GB H200); a
+# smaller budget trades re-reads over PCIe for device memory.
+DEVICE_BYTES: int | None = None
 
 
 class SourceCache:
-    """Readers and layouts per model reference; with `preload`, also every tensor read.
+    """Readers and layouts per model reference; with `preload`, what a search reuses.
 
-    Preloaded tensors stay on the device they were first requested on, so repeated in-memory
-    merges read nothing from disk; a preloading cache also keeps each input's task vector
-    (x - base, up to `task_vector_bytes`) and DARE's draws, which are the same for every
-    candidate of a search. Reuse one cache for one set of source checkpoints; it assumes they
-    do not change on disk while it lives.
+    A preloading cache (the search's) keeps each input's task vector (x - base, up to
+    `task_vector_bytes`) and, on a non-CPU device, the source tensors moved there (up to
+    `device_bytes`; None: no limit). CPU tensors are always memory maps of the files, read
+    again per merge through the page cache, never copies. Reuse one cache for one set of
+    source checkpoints; it assumes they do not change on disk while it lives.
     """
 
-    def __init__(self, preload: bool = False, task_vector_bytes: int = TASK_VECTOR_BYTES):
+    def __init__(
+        self,
+        preload: bool = False,
+        task_vector_bytes: int = TASK_VECTOR_BYTES,
+        device_bytes: int | None = DEVICE_BYTES,
+    ):
         self.preload = preload
         self.task_vector_bytes = task_vector_bytes if preload else 0
+        self.device_bytes = device_bytes
         self._dirs: dict[str, Path] = {}
         self._readers: dict[str, CheckpointReader] = {}
         self._layouts: dict[str, ModelLayout] = {}
         self._tensors: dict[tuple[str, str, str], torch.Tensor] = {}
+        self._staged: dict[tuple[str, str, str], torch.Tensor] = {}  # see `stage`
+        self._device_bytes_used = 0
         self._task_vectors: dict[tuple[str, ...], TaskVector] = {}
         self._task_vector_bytes_used = 0
-        # DARE's uniform draws, kept with preloaded sources (see sparsify.RandomDraws)
-        self.draws: dict[tuple[int, str], torch.Tensor] | None = {} if preload else None
 
     def directory(self, ref: str) -> Path:
         if ref not in self._dirs:
@@ -55,18 +76,29 @@ class SourceCache:
         return self._layouts[ref]
 
     def tensor(self, ref: str, name: str, device: torch.device) -> torch.Tensor:
-        """Tensor `name` of model `ref` on `device` (from memory when preloaded)."""
+        """Tensor `name` of model `ref` on `device`: a map of the file on the CPU, a kept
+        copy on another device while the budget lasts."""
         key = (ref, name, str(device))
         cached = self._tensors.get(key)
         if cached is not None:
             return cached
+        staged = self._staged.pop(key, None)
+        if staged is not None:
+            return staged
         tensor = self._readers[ref].read(name).to(device)
-        if self.preload:
-            # kept for a whole search: its own memory, not a map of a file that may change
-            if tensor.device.type == "cpu":
-                tensor = tensor.clone()
-            self._tensors[key] = tensor
+        if self.preload and tensor.device.type != "cpu":
+            size = tensor.numel() * tensor.element_size()
+            if self.device_bytes is None or self._device_bytes_used + size <= self.device_bytes:
+                self._tensors[key] = tensor
+                self._device_bytes_used += size
         return tensor
+
+    def stage(self, ref: str, name: str, device: torch.device) -> None:
+        """Map tensor `name` of `ref` and fault its pages in now (a read-ahead thread calls
+        this for the next tensor of a merge); the next `tensor` call for it takes it."""
+        key = (ref, name, str(device))
+        if device.type == "cpu" and key not in self._tensors:
+            self._staged[key] = fault_in(self._readers[ref].read(name))
 
     def task_vector(
         self, key: tuple[str, ...], make: Callable[[], TaskVector]

@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--random-seed", type=int, default=None, help="seed for DARE (overrides the recipe)"
     )
     parser.add_argument("--out-dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for the arithmetic; reading ahead and writing take one more thread "
+        "each (default: torch's, one per core)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
         "--keep-intermediates",
@@ -55,6 +62,7 @@ def main(argv: list[str]) -> int:
         random_seed=args.random_seed,
         out_dtype=args.out_dtype,
         progress=not args.no_progress,
+        threads=args.threads,
     )
     out = merge_recipe_file(Path(args.recipe), args.out_dir, options, keep=args.keep_intermediates)
     print(f"merged model written to {out}")

@@ -15,9 +15,11 @@ from tqdm import tqdm
 from evomerge.errors import MergeError
 from evomerge.merge.architecture import check_compatible
 from evomerge.merge.cache import SourceCache
+from evomerge.merge.drops import CounterDraws
 from evomerge.merge.io import ShardedWriter
 from evomerge.merge.methods import MergeArgs, TaskVector
 from evomerge.merge.output import write_extras
+from evomerge.merge.overlap import BackgroundWriter, read_ahead, torch_threads
 from evomerge.merge.plan import MergePlan, TensorJob, plan_merge
 from evomerge.merge.recipe_checks import check_recipe
 from evomerge.merge.sparsify import RandomDraws
@@ -36,7 +38,9 @@ class MergeOptions:
     """How to run a merge (the recipe says what to merge).
 
     random_seed overrides the recipe's `random_seed`; with neither, seeded methods use 0, so a
-    merge is always reproducible. out_dtype overrides the recipe's `out_dtype`.
+    merge is always reproducible. out_dtype overrides the recipe's `out_dtype`. A merge to disk
+    computes on `threads` torch threads while one more thread reads ahead and another writes
+    behind (overlap.py); the result does not depend on the thread count.
     """
 
     device: str = "cpu"
@@ -46,13 +50,15 @@ class MergeOptions:
     random_seed: int | None = None
     out_dtype: str | None = None
     progress: bool = False
+    threads: int | None = None  # torch threads for the arithmetic; None: torch's setting
 
 
 def merge_to_disk(recipe: Recipe, out_dir: str | Path, options: MergeOptions | None = None) -> Path:
     """Merge into a new Hugging Face checkpoint at `out_dir` (which must not exist).
 
     Everything is written to a temporary directory beside `out_dir` and renamed into place at
-    the end, so on any error nothing appears at `out_dir`.
+    the end, so on any error nothing appears at `out_dir`. Reading, arithmetic and writing
+    overlap (overlap.py).
     """
     options = options or MergeOptions()
     out = Path(out_dir)
@@ -65,10 +71,14 @@ def merge_to_disk(recipe: Recipe, out_dir: str | Path, options: MergeOptions | N
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         layout = [(job.name, job.shape, _output_dtype(plan, job, options)) for job in plan.jobs]
-        writer = ShardedWriter(tmp, options.shard_size, layout)
-        for name, tensor, _ in _merged_tensors(plan, cache, device, options):
-            writer.add(name, tensor)
-        writer.finish()
+        writer = BackgroundWriter(ShardedWriter(tmp, options.shard_size, layout))
+        try:
+            with torch_threads(options.threads):
+                for name, tensor, _ in _merged_tensors(plan, cache, device, options):
+                    writer.add(name, tensor)
+            writer.finish()
+        finally:
+            writer.close()
         write_extras(plan, cache, tmp, _out_dtype_name(plan, options))
         tmp.rename(out)
     except BaseException:
@@ -128,6 +138,8 @@ def _device(options: MergeOptions) -> torch.device:
         raise MergeError(
             f"out_dtype: must be one of {', '.join(DTYPES)}, got {options.out_dtype!r}"
         )
+    if options.threads is not None and options.threads < 1:
+        raise MergeError(f"threads: must be >= 1, got {options.threads}")
     if options.device not in ("cpu", "cuda") and not options.device.startswith("cuda:"):
         raise MergeError(f"device: must be cpu or cuda, got {options.device!r}")
     if options.device.startswith("cuda") and not torch.cuda.is_available():
@@ -161,7 +173,14 @@ def _merged_tensors(
     recipe = plan.recipe
     seed = options.random_seed if options.random_seed is not None else recipe.random_seed or 0
     in_dtype = DTYPES[recipe.dtype] if recipe.dtype else None
-    jobs = tqdm(plan.jobs, desc="merging", unit="tensor", disable=not options.progress)
+
+    def stage(job: TensorJob) -> None:
+        for inp in job.inputs:
+            cache.stage(inp.model, inp.name, device)
+
+    ordered = read_ahead(plan.jobs, stage)
+    total = len(plan.jobs)
+    jobs = tqdm(ordered, desc="merging", unit="tensor", total=total, disable=not options.progress)
     for job in jobs:
         out_dtype = _output_dtype(plan, job, options)
         result = run_job(
@@ -217,7 +236,8 @@ def run_job(
             tensors[i] = _cast(t, in_dtype, compute)
         base = tensors.pop() if job.has_base else None
     n = len(job.inputs) - int(job.has_base)
-    generators = _random_draws(job, seed, n, cache.draws) if plan.method.seeded else ()
+    scheme = plan.recipe.drop_scheme or "torch_cpu"
+    generators = _random_draws(job, seed, n, scheme) if plan.method.seeded else ()
     args = MergeArgs(job.per_model, job.shared, generators, vectors)
     return plan.method.fn(tensors, base, args)
 
@@ -305,13 +325,16 @@ def _converts_exactly(dtype: torch.dtype, compute: torch.dtype) -> bool:
 
 
 def _random_draws(
-    job: TensorJob, seed: int, n: int, store: dict[tuple[int, str], torch.Tensor] | None
-) -> list[RandomDraws]:
-    """One draw source per non-base input, seeded from (seed, tensor name, input index)."""
+    job: TensorJob, seed: int, n: int, scheme: str
+) -> list[RandomDraws] | list[CounterDraws]:
+    """One draw source per non-base input, keyed by (seed, tensor name, input index); none
+    keeps its draws (the counter scheme computes them on the merge device, block by block)."""
+    if scheme == "counter":
+        return [CounterDraws.for_input(seed, job.name, i) for i in range(n)]
     out = []
     for i in range(n):
         digest = hashlib.sha256(f"{seed}/{job.name}/{i}".encode()).digest()
-        out.append(RandomDraws(int.from_bytes(digest[:8], "little") & (2**63 - 1), store))
+        out.append(RandomDraws(int.from_bytes(digest[:8], "little") & (2**63 - 1)))
     return out
 
 

@@ -1,7 +1,8 @@
 """Sparsification of task vectors (deltas): which entries survive, and how they are rescaled.
 
 - magnitude (TIES): keep the `density` share with the largest |delta|, at least one entry.
-- random (DARE): keep each entry with probability `density`, from a seeded generator.
+- random (DARE): keep each entry with probability `density`, from seeded draws (drops.py's
+  counter-based ones, or RandomDraws below for recipes of the `torch_cpu` scheme).
 - outliers (breadcrumbs): drop the `gamma` share with the largest |delta| and the smallest ones,
   keeping `density` of the entries.
 
@@ -16,6 +17,8 @@ from collections.abc import Iterable
 
 import torch
 
+from evomerge.merge.drops import CounterDraws
+
 Tensor = torch.Tensor
 
 
@@ -26,7 +29,7 @@ def sparsify_(
     density: float,
     gamma: float = 0.0,
     rescale: bool = False,
-    generator: torch.Generator | RandomDraws | None = None,
+    generator: torch.Generator | RandomDraws | CounterDraws | None = None,
     l1: float | None = None,
 ) -> None:
     """In place: zero the dropped entries of `delta`; with `rescale`, restore its L1 norm.
@@ -36,7 +39,7 @@ def sparsify_(
     if density >= 1:
         return
     before = (l1 if l1 is not None else float(delta.abs().sum())) if rescale else None
-    if method == "random" and isinstance(generator, RandomDraws):
+    if method == "random" and isinstance(generator, RandomDraws | CounterDraws):
         # times a 0/1 float mask: boolean kernels (masked_fill_, where) are 10-40x slower
         # than float ones on CPU; dropped entries become -0.0 where delta < 0 (equal to 0)
         generator.drop_(delta, density)
@@ -89,11 +92,10 @@ class RandomDraws:
     DARE keeps an entry iff U < density. The draws depend only on the seed (derived from the
     recipe seed, tensor name and input index), not on the density, nor on the device that
     merges: they always come from torch's CPU generator (CUDA's draws other numbers), so a
-    recipe found by a search on a GPU merges to the same model on a CPU. With a `store` (the
-    search's preloaded source cache) they are drawn once and reused by every candidate: the
-    same candidate gets the same mask on disk and in memory, and a search's candidates share
-    their random numbers (common random numbers: fitness differences come from the genome).
-    Stored as float16 (2 bytes an entry; densities resolve to ~1e-3).
+    recipe merges to the same model on any device. This is the `torch_cpu` drop scheme (recipes
+    written before the counter-based one, drops.py); nothing keeps the draws: they are drawn
+    again per merge (block by block on CPU). A `store` keeps them (float16, 2 bytes an entry;
+    densities resolve to ~1e-3) for whoever passes one.
     """
 
     def __init__(self, seed: int, store: dict[tuple[int, str], Tensor] | None = None) -> None:
@@ -159,10 +161,10 @@ def _drop_threshold(density: float) -> float:
 
 
 def random_mask(
-    delta: Tensor, density: float, generator: torch.Generator | RandomDraws | None
+    delta: Tensor, density: float, generator: torch.Generator | RandomDraws | CounterDraws | None
 ) -> Tensor:
-    if isinstance(generator, RandomDraws):
-        return generator.uniform(delta) < density
+    if isinstance(generator, RandomDraws | CounterDraws):
+        return generator.keep(delta, density) > 0
     probabilities = torch.full_like(delta, density)
     return torch.bernoulli(probabilities, generator=generator)
 

@@ -45,7 +45,9 @@ def recipe_text(method: str, base: Path, ft1: Path, ft2: Path, dtype: str) -> st
         )
     params = "{weight: 0.5}" if method == "task_arithmetic" else "{weight: 0.5, density: 0.5}"
     models = "".join(f"  - {{model: {m}, parameters: {params}}}\n" for m in (ft1, ft2))
-    return head + f"base_model: {base}\nmodels:\n{models}"
+    # evomerge's counter-based drops, as its search writes them (mergekit ignores the key)
+    scheme = "drop_scheme: counter\n" if method == "dare_ties" else ""
+    return head + scheme + f"base_model: {base}\nmodels:\n{models}"
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,8 @@ def _hwm_kb(pid: int) -> int:
 
 
 def tool_commands(recipe: Path, out: Path, threads: int, seed: int = 0) -> dict[str, list[str]]:
-    """The two tools' command lines (CPU, one output shard at this size, same seed)."""
+    """The two tools' command lines (CPU, one output shard at this size, same seed, `threads`
+    threads for the arithmetic; mergekit with asynchronous writes, its fastest CPU setting)."""
     bindir = Path(sys.executable).parent
     return {
         "evomerge": [
@@ -96,6 +99,8 @@ def tool_commands(recipe: Path, out: Path, threads: int, seed: int = 0) -> dict[
             "cpu",
             "--random-seed",
             str(seed),
+            "--threads",
+            str(threads),
             "--no-progress",
         ],
         "mergekit": [
@@ -104,6 +109,9 @@ def tool_commands(recipe: Path, out: Path, threads: int, seed: int = 0) -> dict[
             str(out / "mergekit"),
             "--no-cuda",
             "--num-threads",
+            str(threads),
+            "--async-write",
+            "--write-threads",
             str(threads),
             "--random-seed",
             str(seed),
@@ -188,45 +196,49 @@ def run_benchmark(
     *,
     methods: Sequence[str] = METHODS,
     repetitions: int = 3,
-    threads: int = 1,
+    threads: Sequence[int] = (1,),
     dtype: str = "bfloat16",
     log: Any = print,
 ) -> dict[str, Any]:
-    """Interleaved runs of evomerge, mergekit (and the floor) per method; medians and diffs."""
+    """Interleaved runs of evomerge, mergekit (and the floor) per method and thread count;
+    medians and diffs. Rows are labelled `method/Nt`."""
     import shutil
 
     base = models[0]
-    env = _env(threads)
     work.mkdir(parents=True, exist_ok=True)
     recipes = {}
     for method in methods:
         recipes[method] = work / f"{method}.yaml"
         recipes[method].write_text(recipe_text(method, *models, dtype))
     warm_page_cache(models)
-    runs: dict[str, dict[str, list[Run]]] = {m: {"evomerge": [], "mergekit": []} for m in methods}
+    labels = {(m, t): f"{m}/{t}t" for m in methods for t in threads}
+    runs: dict[str, dict[str, list[Run]]] = {
+        label: {"evomerge": [], "mergekit": []} for label in labels.values()
+    }
     floor: list[Run] = []
     diffs: dict[str, dict[str, float]] = {}
     for rep in range(repetitions):
         out = work / "floor"
         shutil.rmtree(out, ignore_errors=True)
-        floor.append(run_measured(floor_command(models, out), env))
+        floor.append(run_measured(floor_command(models, out), _env(threads[0])))
         shutil.rmtree(out)
         log(f"rep {rep} floor {floor[-1].wall_s:.1f} s")
-        for method in methods:
+        for (method, t), label in labels.items():
             out = work / method
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
-            cmds = tool_commands(recipes[method], out, threads)
+            cmds = tool_commands(recipes[method], out, t)
             order = ["evomerge", "mergekit"] if rep % 2 == 0 else ["mergekit", "evomerge"]
             for tool in order:
-                runs[method][tool].append(run_measured(cmds[tool], env))
-                r = runs[method][tool][-1]
-                log(f"rep {rep} {method} {tool} {r.wall_s:.1f} s {r.peak_rss_mb:.0f} MB")
-            if rep == 0:
+                runs[label][tool].append(run_measured(cmds[tool], _env(t)))
+                r = runs[label][tool][-1]
+                log(f"rep {rep} {label} {tool} {r.wall_s:.1f} s {r.peak_rss_mb:.0f} MB")
+            if method not in diffs:
                 diffs[method] = compare(out / "evomerge", out / "mergekit", base)
                 log(f"{method} diff {diffs[method]}")
             shutil.rmtree(out)
-    return _summary(runs, floor, diffs, models, threads, dtype, repetitions)
+    by_label = {label: diffs[m] for (m, _), label in labels.items()}
+    return _summary(runs, floor, by_label, models, list(threads), dtype, repetitions)
 
 
 def _summary(
@@ -234,7 +246,7 @@ def _summary(
     floor: list[Run],
     diffs: dict[str, dict[str, float]],
     models: tuple[Path, Path, Path],
-    threads: int,
+    threads: list[int],
     dtype: str,
     repetitions: int,
 ) -> dict[str, Any]:

@@ -62,3 +62,27 @@ def test_task_vectors_are_kept_within_the_budget(family: dict[str, Path]) -> Non
     plain = SourceCache()
     merge_into_model(load_recipe(text), model, cache=plain)
     assert plain._task_vector_bytes_used == 0 and not plain._task_vectors
+
+
+def test_cpu_sources_are_read_through_maps_not_kept(family: dict[str, Path]) -> None:
+    text = (
+        f"merge_method: dare_ties\nbase_model: {family['base']}\ndrop_scheme: counter\n"
+        f"models:\n  - {{model: {family['a']}, parameters: {{weight: 0.5, density: 0.5}}}}\n"
+    )
+    model = AutoModelForCausalLM.from_pretrained(family["base"])
+    cache = SourceCache(preload=True)
+    merge_into_model(load_recipe(text), model, cache=cache)
+    assert not cache._tensors and not cache._staged  # no source copies, nothing left staged
+
+
+def test_device_copies_are_kept_within_their_budget(family: dict[str, Path]) -> None:
+    meta = torch.device("meta")  # stands in for a GPU: tensors moved off the CPU are kept
+    everything = SourceCache(preload=True)
+    budget = SourceCache(preload=True, device_bytes=50_000)
+    for cache in (everything, budget):
+        for name in cache.layout(str(family["a"])).tensors:
+            assert cache.tensor(str(family["a"]), name, meta).device == meta
+    total = sum(t.numel() * t.element_size() for t in everything._tensors.values())
+    assert everything._device_bytes_used == total > 50_000
+    assert 0 < budget._device_bytes_used <= 50_000
+    assert len(budget._tensors) < len(everything._tensors)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from evomerge.merge import sparsify
+from evomerge.merge.drops import CounterDraws
 from evomerge.merge.methods.base import MergeArgs, Tensor
 
 
@@ -68,6 +69,7 @@ def _task_arithmetic(
         # arithmetic, sign(sign(sum) + 1/2): torch.where on a bool tensor is 10-40x slower.
         elected = _sum_rows(deltas).sign_().add_(0.5).sign_()
         mixed = _sum_rows(deltas.mul_(elected).clamp_(min=0)).mul_(elected)
+        del elected, deltas
     elif consensus:
         # As above, plus the agreement itself, sign(max(s * delta, 0)) in {0, 1}: the
         # divisor is the sum of the agreeing weights (1 where none agrees), all in float
@@ -84,13 +86,14 @@ def _task_arithmetic(
         mixed /= divisor
     else:
         mixed = _sum_rows(deltas)
+        del deltas
         if normalize:
             total = weights.sum(dim=0)
             total[total.abs() < 1e-8] = 1
             mixed /= total
     if args.shared["lambda"] != 1:
         mixed *= args.shared["lambda"]
-    return base + mixed
+    return mixed.add_(base)  # = base + mixed, without one more tensor of memory
 
 
 def _sum_rows(stacked: Tensor) -> Tensor:
@@ -115,7 +118,7 @@ def della_prune_(
     epsilon: float,
     *,
     rescale: bool,
-    generator: torch.Generator | sparsify.RandomDraws | None,
+    generator: torch.Generator | sparsify.RandomDraws | CounterDraws | None,
 ) -> None:
     """In place: DELLA's MagPrune. Keep probability density - eps + 2 eps r, r in [0, 1].
 
@@ -146,9 +149,11 @@ def della_prune_(
             rows.mul_(before / after)
 
 
-def uniform_draws(source: torch.Generator | sparsify.RandomDraws | None, like: Tensor) -> Tensor:
+def uniform_draws(
+    source: torch.Generator | sparsify.RandomDraws | CounterDraws | None, like: Tensor
+) -> Tensor:
     """U ~ [0, 1) shaped like `like`, from the merge's seeded draws or a torch.Generator."""
-    if isinstance(source, sparsify.RandomDraws):
+    if isinstance(source, sparsify.RandomDraws | CounterDraws):
         return source.uniform(like)
     return torch.rand(like.shape, generator=source, device=like.device, dtype=like.dtype)
 
