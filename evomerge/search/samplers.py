@@ -83,7 +83,8 @@ class PerTrialSeed(BaseSampler):
     A sampler seeded once replays its random stream from the start in every process: a resumed
     run, or a second worker on the same study, would propose the first run's genomes again.
     Seeding per trial number keeps runs reproducible and makes every trial's draw its own.
-    For samplers whose only state is their generator and the study (random, TPE).
+    For samplers whose only state is their generator and the study (random, TPE, NSGA-II,
+    whose generations are system attrs of the trials).
     """
 
     def __init__(self, make: Callable[[int], BaseSampler], seed: int) -> None:

@@ -321,7 +321,7 @@ def test_a_worker_killed_right_after_its_first_parameter_leaves_a_trial_that_is_
 
     space = SimpleNamespace(names=["layers.0.a.weight", "layers.0.b.weight"], decode=die)
     with pytest.raises(Killed):
-        objective(trial, space, scorer=None, worker="w", budget=10)
+        objective(trial, space, scorer=None, worker="w", budget=10, goals=None)
     assert set(study.trials[0].params) == set(space.names)
     time.sleep(2.5)  # past the grace period (the storage keeps whole seconds)
     optuna.storages.fail_stale_trials(study)
