@@ -133,7 +133,40 @@ def report(out: Path, samplers: list[str], seeds: list[int], budgets: list[int])
             row += [f"{100 * member['test'][t]:.1f}" if member else "-" for t in TESTS]
             row += [f"{100 * so['toy_mgsm_ja']:.1f}" if so else "-", gap]
             lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + fronts(out, samplers, seeds))
+
+
+def fronts(out: Path, samplers: list[str], seeds: list[int]) -> list[str]:
+    """Every run's front: fitness-split objectives and test-split scores, in percent."""
+    lines = []
+    for s in samplers:
+        for n in seeds:
+            path = out / f"{s}-seed{n}.json"
+            if not path.is_file():
+                continue
+            summary = json.loads(path.read_text())["summary"]
+            lines += [
+                "",
+                f"{s}-seed{n}: {summary['trials']} candidates, chosen trial "
+                f"{summary['best_trial']}; front (fitness splits | test splits, %):",
+                "",
+            ]
+            lines += [
+                "| trial | target | math_en | lang_ja | feasible | toy_mgsm_ja | "
+                "toy_math_en | toy_lang_ja |",
+                "|---|" + "---:|" * 3 + "---|" + "---:|" * 3,
+            ]
+            for m in summary["pareto"]:
+                fit = [f"{100 * v:.1f}" for v in m["objectives"].values()]
+                test = (
+                    [f"{100 * v:.1f}" for v in test_accs(m).values()]
+                    if m["test_metrics"]
+                    else ["-"] * 3
+                )
+                lines.append(
+                    "| " + " | ".join([str(m["trial"]), *fit, str(m["feasible"]), *test]) + " |"
+                )
+    return lines
 
 
 def _mean_sd(vals: list[float]) -> str:
