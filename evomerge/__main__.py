@@ -27,7 +27,7 @@ COMMANDS = {
     "search": ("evomerge.search.cli", "run a recipe search (Hydra overrides: task=... models=...)"),
     "merge": ("evomerge.merge.cli", "merge a recipe YAML into a Hugging Face checkpoint"),
     "eval": ("evomerge.evaluate.cli", "score a model directory or recipe on tasks"),
-    "export": ("evomerge.search.export", "materialize the best recipe of a search run"),
+    "export": ("evomerge.search.export", "materialize a search run's best recipe or any trial"),
     "report": ("evomerge.search.report", "plots and a markdown summary of a search run"),
     "toy": ("evomerge.toy.cli", "build the embedded toy model family"),
 }

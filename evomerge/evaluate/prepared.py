@@ -33,6 +33,7 @@ class Run:
     results: RawResults
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     model_seconds: float = 0.0
+    gen_tokens: dict[str, float] = field(default_factory=dict)  # task -> mean generated tokens
 
 
 def build_requests(lm: Any, tasks: TaskSet, settings: EvalSettings) -> None:
@@ -78,7 +79,20 @@ def run_requests(
             req.resps.append(resp)
     for name, task in tasks.tasks.items():
         run.results[name], run.samples[name] = _score_task(task, tasks.docs[name], log_samples)
+        texts = [r for i in task.instances if i.request_type == "generate_until" for r in i.resps]
+        if texts:
+            run.gen_tokens[name] = count_tokens(lm, texts) / len(texts)
     return run
+
+
+def count_tokens(lm: Any, texts: list[str]) -> int:
+    """Tokens in the generated continuations (as returned: cut at the stop sequence), counted
+    with the model's tokenizer; one batched call where the wrapper exposes a fast tokenizer."""
+    tokenizer = getattr(lm, "tokenizer", None)
+    if callable(tokenizer):
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return sum(len(x) for x in ids)
+    return sum(len(lm.tok_encode(t)) for t in texts)
 
 
 def _score_task(

@@ -14,6 +14,7 @@ import torch
 from evomerge.evaluate.backends import Backend
 from evomerge.evaluate.fitness import Results
 from evomerge.evaluate.guard import CandidateFailed, is_oom
+from evomerge.evaluate.objectives import GEN_TOKENS
 from evomerge.evaluate.prepared import run_requests
 from evomerge.evaluate.tasks import TaskSet
 
@@ -55,6 +56,8 @@ def evaluate(backend: Backend, tasks: TaskSet, *, log_samples: bool = False) -> 
         raise
     seconds = time.perf_counter() - t0
     results = {name: _metrics(run.results.get(name, {})) for name in tasks.tasks}
+    for name, mean_tokens in run.gen_tokens.items():
+        results[name][GEN_TOKENS] = mean_tokens  # an objective may minimize reasoning length
     return Evaluation(results, seconds, run.samples if log_samples else {}, run.model_seconds)
 
 

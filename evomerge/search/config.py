@@ -9,8 +9,11 @@ from typing import Any
 
 from evomerge.errors import ConfigError
 from evomerge.evaluate import EvalSettings, Objective
+from evomerge.evaluate.objectives import Goal, Objectives, parse_objectives
 
-SAMPLERS = ("cmaes", "pycma", "random", "tpe")
+SAMPLERS = ("cmaes", "pycma", "random", "tpe", "nsga2")
+SINGLE_OBJECTIVE_SAMPLERS = ("cmaes", "pycma")  # CMA-ES ranks candidates by one value
+CROSSOVERS = ("sbx", "uniform")  # NSGA-II's recombination of two parents (see nsga2.yaml)
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,12 @@ class TaskSpec:
     objective: Objective
     test: tuple[str, ...]
     include: tuple[str, ...]
+    # task.objectives / constraints; None: the one objective above, maximized (task.fitness)
+    objectives: Objectives | None = None
+
+    @property
+    def goals(self) -> Objectives:
+        return self.objectives or Objectives((Goal("fitness", self.objective),))
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class OptimizerSpec:
     sigma0: float = 0.15
     restart_strategy: str | None = None
     n_startup_trials: int = 20
+    crossover: str = "sbx"
     warm_start: tuple[dict[str, float], ...] = ()
 
     def __post_init__(self) -> None:
@@ -52,6 +62,10 @@ class OptimizerSpec:
             )
         if not self.sigma0 > 0:
             raise ConfigError(f"optimizer.sigma0: must be > 0, got {self.sigma0}")
+        if self.crossover not in CROSSOVERS:
+            raise ConfigError(
+                f"optimizer.crossover: must be one of {CROSSOVERS}, got {self.crossover!r}"
+            )
         if self.restart_strategy not in (None, "ipop", "bipop"):
             raise ConfigError(
                 f"optimizer.restart_strategy: must be null, ipop or bipop, "
@@ -115,6 +129,14 @@ def search_config(cfg: dict[str, Any]) -> SearchConfig:
     unknown = sorted(set(opt) - known)
     if unknown:
         raise ConfigError(f"optimizer: unknown key(s) {unknown}; valid: {sorted(known)}")
+    objectives = parse_objectives(task, [str(k) for k in sources])
+    optimizer = OptimizerSpec(**opt, warm_start=warm)
+    if len(objectives.goals) > 1 and optimizer.sampler in SINGLE_OBJECTIVE_SAMPLERS:
+        raise ConfigError(
+            f"optimizer.sampler: {optimizer.sampler} optimizes one objective, task.objectives "
+            f"has {len(objectives.goals)}; use optimizer=nsga2, optimizer=motpe or "
+            "optimizer=random"
+        )
     return SearchConfig(
         run=run,
         results_dir=Path(cfg["results_dir"]),
@@ -126,9 +148,10 @@ def search_config(cfg: dict[str, Any]) -> SearchConfig:
         score_test=bool(cfg["score_test"]),
         task=TaskSpec(
             name=str(task["name"]),
-            objective=Objective.parse(task["fitness"]),
+            objective=objectives.primary,
             test=tuple(task.get("test") or ()),
             include=tuple(str(p) for p in task.get("include") or ()),
+            objectives=objectives,
         ),
         models=ModelsSpec(
             name=str(models["name"]),
@@ -138,7 +161,7 @@ def search_config(cfg: dict[str, Any]) -> SearchConfig:
             toy_size=str(models.get("toy_size", "full")),
         ),
         space=dict(cfg["space"]),
-        optimizer=OptimizerSpec(**opt, warm_start=warm),
+        optimizer=optimizer,
         evaluator=EvalSettings.from_dict(dict(cfg["evaluator"])),
         sqlite_wal=bool(cfg.get("sqlite_wal", True)),
         merge_device=None if merge_device is None else str(merge_device),

@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +22,15 @@ import torch
 from tqdm import tqdm
 
 from evomerge.errors import EvomergeError, MergeError, RecipeError
-from evomerge.evaluate import CandidateFailed, load_tasks, make_backend
+from evomerge.evaluate import CandidateFailed, Results, TaskSet, load_tasks, make_backend
 from evomerge.genome import GenomeSpace
 from evomerge.merge import MergeOptions, SourceCache
 from evomerge.merge.stages import dump_stages
 from evomerge.recipe import Recipe, dump_recipe
 from evomerge.search.config import SearchConfig
 from evomerge.search.dfs_space import ps_dfs_stages
+from evomerge.search.front import front_summary
+from evomerge.search.objectives import RunGoals, describe, primary_value, run_goals
 from evomerge.search.scorer import CandidateScorer
 from evomerge.search.space import build_space
 from evomerge.search.study import (
@@ -82,6 +84,7 @@ def run_search(cfg: SearchConfig, *, progress: bool = True) -> dict[str, Any]:
     space = build_space(cfg)
     study = open_study(cfg, space)
     scorer = make_scorer(cfg, space)
+    goals = run_goals(cfg, study, scorer)
     stop, budget = StopFlag(), cfg.optimizer.n_trials
     worker = f"{socket.gethostname()}:{os.getpid()}"
     best_number = -1
@@ -101,7 +104,7 @@ def run_search(cfg: SearchConfig, *, progress: bool = True) -> dict[str, Any]:
                 continue
             try:
                 study.optimize(
-                    lambda trial: objective(trial, space, scorer, worker, budget),
+                    lambda trial: objective(trial, space, scorer, worker, budget, goals),
                     n_trials=1,
                     catch=(CandidateError,),
                 )
@@ -123,8 +126,13 @@ def taken_over(e: Exception) -> bool:
 
 
 def objective(
-    trial: optuna.Trial, space: GenomeSpace, scorer: CandidateScorer, worker: str, budget: int
-) -> float:
+    trial: optuna.Trial,
+    space: GenomeSpace,
+    scorer: CandidateScorer,
+    worker: str,
+    budget: int,
+    goals: RunGoals,
+) -> float | list[float]:
     if budget_held(trial.study, before=trial.number) >= budget:
         # Another worker took the last place between our check and this trial's creation:
         # this one gives way before it samples anything (PRUNED, not counted, no genome).
@@ -150,7 +158,7 @@ def objective(
     trial.set_user_attr("swap_s", scored.swap_s)
     trial.set_user_attr("eval_s", scored.eval_s)
     trial.set_user_attr("generate_s", scored.generate_s)
-    return scored.fitness
+    return goals.tell(trial, scored.results)
 
 
 def progress_fields(
@@ -161,9 +169,10 @@ def progress_fields(
     A latest fitness of 0.0 is shown as 0.0000 (a candidate that scored nothing), never as nan.
     """
     secs = (last.user_attrs.get("merge_s", 0) + last.user_attrs.get("eval_s", 0)) or None
-    value = float("nan") if last.value is None else last.value
+    value = primary_value(last)
+    value = float("nan") if value is None else value
     return {
-        "best": f"{best.value:.4f}",
+        "best": f"{primary_value(best) or 0.0:.4f}",
         "last": f"{value:.4f}",
         "s_per_cand": f"{secs:.2f}" if secs else "-",
     }
@@ -201,7 +210,7 @@ def recipe_hash(recipe: Recipe) -> str:
 
 def write_best_recipe(run_dir: Path, recipe: Recipe, trial: optuna.trial.FrozenTrial) -> None:
     header = (
-        f"# best candidate of this run so far: trial {trial.number}, fitness {trial.value!r}\n"
+        f"# best candidate of this run so far: trial {trial.number}, {describe(trial)}\n"
         f"# merge it: python -m evomerge merge {run_dir / 'best_recipe.yaml'} OUT_DIR\n"
     )
     write_text_atomic(run_dir / "best_recipe.yaml", header + dump_recipe(recipe))
@@ -213,7 +222,7 @@ def write_standalone_recipe(
     """PS+DFS: the PS merge and the path in one two-stage file that needs only the sources."""
     path = cfg.run_dir / "best_recipe_standalone.yaml"
     header = (
-        f"# best candidate of this run: trial {trial.number}, fitness {trial.value!r}; stage\n"
+        f"# best candidate of this run: trial {trial.number}, {describe(trial)}; stage\n"
         f"# ps_model re-merges the PS result, then the path runs over it:\n"
         f"# python -m evomerge merge {path} OUT_DIR\n"
     )
@@ -229,7 +238,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 def make_scorer(cfg: SearchConfig, space: GenomeSpace) -> CandidateScorer:
     template = space.template_model
     backend = make_backend(template, cfg.evaluator, host_device=cfg.merge_on)
-    tasks = load_tasks(cfg.task.objective.tasks, cfg.evaluator, extra_paths=cfg.task.include)
+    tasks = load_tasks(cfg.task.goals.tasks, cfg.evaluator, extra_paths=cfg.task.include)
     options = MergeOptions(device=cfg.merge_on, random_seed=cfg.seed, progress=False)
     return CandidateScorer(backend, tasks, cfg.task.objective, SourceCache(preload=True), options)
 
@@ -247,6 +256,23 @@ def candidate_seconds(trials: list[optuna.trial.FrozenTrial]) -> float:
         and t.datetime_start is not None
         and (t.state == optuna.trial.TrialState.COMPLETE or FAILURE in t.user_attrs)
     )
+
+
+def front_scorer(
+    cfg: SearchConfig, space: GenomeSpace, scorer: CandidateScorer
+) -> Callable[[optuna.trial.FrozenTrial], Results] | None:
+    """Scores a trial's candidate on the held-out test tasks (built on first use); None
+    where the run scores no test split."""
+    if not (cfg.score_test and cfg.task.test):
+        return None
+    built: list[TaskSet] = []
+
+    def score(trial: optuna.trial.FrozenTrial) -> Results:
+        if not built:
+            built.append(load_tasks(cfg.task.test, cfg.evaluator, extra_paths=cfg.task.include))
+        return scorer.evaluate_on(genome_recipe(space, trial), built[0])
+
+    return score
 
 
 def finish(
@@ -268,7 +294,7 @@ def finish(
         study.set_user_attr("test_results", test)
     summary.update(
         best_trial=best.number,
-        fitness=best.value,
+        fitness=primary_value(best),
         fitness_metrics=best.user_attrs.get("metrics"),
         test_metrics=test.get("results"),
         failed=sum(FAILURE in t.user_attrs for t in study.get_trials(deepcopy=False)),
@@ -276,5 +302,7 @@ def finish(
         recipe_sha256=recipe_hash(recipe),
         written=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
+    if len(study.directions) > 1 or cfg.task.goals.constraints:
+        summary.update(front_summary(study, cfg.task.goals, front_scorer(cfg, space, scorer)))
     write_text_atomic(cfg.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

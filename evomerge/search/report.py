@@ -18,6 +18,8 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.errors import SearchError
+from evomerge.search.front_plot import front_table, plot_front
+from evomerge.search.objectives import primary_value
 from evomerge.search.study import FAILURE, best_trial, counted
 
 
@@ -46,14 +48,14 @@ def plot_history(trials: list[FrozenTrial], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.scatter(
         [t.number for t in done],
-        [float(t.value or 0.0) for t in done],
+        [primary_value(t) or 0.0 for t in done],
         s=10,
         alpha=0.5,
         label="candidate",
     )
     best, xs, ys = float("-inf"), [], []
     for t in done:
-        best = max(best, t.value or float("-inf"))
+        best = max(best, primary_value(t) or float("-inf"))
         xs.append(t.number)
         ys.append(best)
     ax.step(xs, ys, where="post", color="C3", label="best so far")
@@ -152,16 +154,18 @@ def summary_markdown(run_dir: Path, study: optuna.Study) -> str:
             f"- time outside generation/scoring (merge, swap, lm-eval bookkeeping): {share:.1%}"
         )
     if best is not None:
-        lines += [f"- best: trial {best.number}, fitness {best.value:.4f}"]
+        lines += [f"- best: trial {best.number}, fitness {primary_value(best) or 0.0:.4f}"]
         test = study.user_attrs.get("test_results") or {}
         if test.get("trial") == best.number:
             lines.append(f"- best on the held-out test tasks: `{json.dumps(test['results'])}`")
         top = sorted(
-            (t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -(t.value or 0)
+            (t for t in trials if t.state == TrialState.COMPLETE),
+            key=lambda t: -(primary_value(t) or 0),
         )[:5]
         lines += ["", "| trial | fitness | metrics |", "|---|---|---|"]
         lines += [
-            f"| {t.number} | {t.value:.4f} | `{json.dumps(t.user_attrs.get('metrics'))}` |"
+            f"| {t.number} | {primary_value(t) or 0.0:.4f} | "
+            f"`{json.dumps(t.user_attrs.get('metrics'))}` |"
             for t in top
         ]
     failures: dict[str, int] = {}
@@ -175,6 +179,8 @@ def summary_markdown(run_dir: Path, study: optuna.Study) -> str:
             "Failed candidates by reason: "
             + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())),
         ]
+    if len(study.directions) > 1:
+        lines += front_table(study)
     lines += ["", "![history](history.png)"]
     if (run_dir / "genome.png").is_file():
         lines.append("![best genome](genome.png)")
@@ -196,6 +202,8 @@ def write_report(run_dir: Path) -> dict[str, Any]:
     rows = genome_table(best.params, parameter_ranges(run_dir)) if best is not None else None
     if rows:
         plot_genome(rows, run_dir / "genome.png")
+    if len(study.directions) > 1:
+        plot_front(study, run_dir / "front.png")
     (run_dir / "report.md").write_text(summary_markdown(run_dir, study))
     return {"report": str(run_dir / "report.md"), "trials": len(trials)}
 

@@ -1,7 +1,9 @@
-"""Samplers of the search: CMA-ES (Optuna's, or ours on pycma), TPE and random baselines."""
+"""Samplers of the search: CMA-ES (Optuna's, or ours on pycma), TPE and random baselines, and
+NSGA-II for several objectives (TPE and random take several objectives too)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -55,7 +57,24 @@ def make_sampler(spec: OptimizerSpec, space: GenomeSpace, seed: int) -> BaseSamp
             ),
             seed,
         )
+    if spec.sampler == "nsga2":
+        return PerTrialSeed(lambda s: nsga2(spec, s), seed)
     return PerTrialSeed(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
+
+
+def nsga2(spec: OptimizerSpec, seed: int) -> BaseSampler:
+    """Optuna's NSGA-II (Deb et al., 2002). Its generations live in the study's trials, so a
+    fresh sampler per trial (PerTrialSeed) continues the same run; constraints, set on each
+    trial, rank feasible candidates first (constrained domination)."""
+    from optuna.samplers.nsgaii import SBXCrossover, UniformCrossover
+
+    with warnings.catch_warnings():
+        # experimental in Optuna since 3.0 (its interface may change); the NSGA-II paper's own
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        crossover = SBXCrossover() if spec.crossover == "sbx" else UniformCrossover()
+    return optuna.samplers.NSGAIISampler(
+        population_size=spec.population_size or 50, seed=seed, crossover=crossover
+    )
 
 
 class PerTrialSeed(BaseSampler):
@@ -64,7 +83,8 @@ class PerTrialSeed(BaseSampler):
     A sampler seeded once replays its random stream from the start in every process: a resumed
     run, or a second worker on the same study, would propose the first run's genomes again.
     Seeding per trial number keeps runs reproducible and makes every trial's draw its own.
-    For samplers whose only state is their generator and the study (random, TPE).
+    For samplers whose only state is their generator and the study (random, TPE, NSGA-II,
+    whose generations are system attrs of the trials).
     """
 
     def __init__(self, make: Callable[[int], BaseSampler], seed: int) -> None:

@@ -19,6 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 from evomerge.errors import SearchError
 from evomerge.genome import GenomeSpace
 from evomerge.search.config import SearchConfig
+from evomerge.search.objectives import check_directions, study_directions
+from evomerge.search.pareto import chosen
 from evomerge.search.samplers import make_sampler
 
 FAILURE = "failure_reason"  # user attr of a candidate that failed (nan, oom, timeout, merge)
@@ -50,7 +52,10 @@ def open_study(cfg: SearchConfig, space: GenomeSpace) -> optuna.Study:
         # Workers started together race to create the study; the storage lets exactly one
         # win, and only that one enqueues the first candidates (else each would, once).
         study = optuna.create_study(
-            study_name=cfg.run, storage=storage, sampler=sampler, direction="maximize"
+            study_name=cfg.run,
+            storage=storage,
+            sampler=sampler,
+            directions=study_directions(cfg.task.goals),
         )
         created = True
     except optuna.exceptions.DuplicatedStudyError:
@@ -66,6 +71,7 @@ def open_study(cfg: SearchConfig, space: GenomeSpace) -> optuna.Study:
             f"run {cfg.run!r}: its study was started with a different search space "
             f"(models, method or layer groups); choose a new run=NAME or delete {cfg.run_dir}"
         )
+    check_directions(study, cfg.task.goals, cfg.run)
     if created:
         seed_first_candidates(study, cfg, space)
     elif not seeded(study):
@@ -266,6 +272,8 @@ def budget_held(study: optuna.Study, before: int | None = None) -> int:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The run's answer: the best primary objective among the trials that satisfy every
+    constraint (with one objective and no constraints: the best fitness); ties go to the
+    earliest trial, so the uniform merge wins unless something beats it."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    # ties go to the earliest trial, so the uniform merge wins unless something beats it
-    return max(done, key=lambda t: (t.value, -t.number), default=None)
+    return chosen(done, study.directions)

@@ -7,10 +7,38 @@ tasks/toy/data/ are `write_task_data`'s output, committed; a test checks they ar
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from pathlib import Path
 
-from evomerge.toy.data import Example, Splits, make_splits, parse_body
+from evomerge.toy.data import SKILLS, Example, Splits, make_splits, parse_body
+
+# Fitness splits of the two probes, for searches that keep the parents' skills (task config
+# toy_mgsm_ja_keep): 200 prompts each, enough to tell a kept skill (~90%) from a lost one
+# within ~2 points (binomial sd at 200) while adding under half a target split's cost.
+KEEP_FIT_SIZE = 200
+KEEP_FIT_SEED = 1001  # fixed like SPLIT_SEED: the splits are part of the tasks' version
+
+
+def sum_keep_fit(splits: Splits) -> tuple[str, ...]:
+    """The math probe's fitness split: the first KEEP_FIT_SIZE bodies of the target's fitness
+    split (so disjoint from the test split), asked in English mode."""
+    return splits.sum_fit[:KEEP_FIT_SIZE]
+
+
+def max_keep_fit(splits: Splits) -> tuple[str, ...]:
+    """The language probe's fitness split: KEEP_FIT_SIZE max-of-two bodies outside its test
+    split, drawn with their own seed (make_splits, and with it the family, is unchanged)."""
+    rng = random.Random(KEEP_FIT_SEED)
+    gen, taken = SKILLS["E_max"], set(splits.max_test)
+    out: list[str] = []
+    while len(out) < KEEP_FIT_SIZE:
+        body = gen(rng).body
+        if body not in taken:
+            taken.add(body)
+            out.append(body)
+    return tuple(out)
+
 
 # lm-eval task name -> (mode, which held-out bodies)
 TASK_SPECS: dict[str, tuple[str, Callable[[Splits], tuple[str, ...]]]] = {
@@ -19,8 +47,10 @@ TASK_SPECS: dict[str, tuple[str, Callable[[Splits], tuple[str, ...]]]] = {
     "toy_mgsm_ja_fit": ("J", lambda s: s.sum_fit),
     # the math specialists' own skill: the same sums in English mode
     "toy_math_en": ("E", lambda s: s.sum_test),
+    "toy_math_en_fit": ("E", sum_keep_fit),
     # the language specialist's own skill: the larger of two numbers, answered in kanji
     "toy_lang_ja": ("J", lambda s: s.max_test),
+    "toy_lang_ja_fit": ("J", max_keep_fit),
 }
 
 

@@ -23,6 +23,8 @@ TOY_MGSM_JA_FILES = _files("toy_mgsm_ja")
 TOY_MGSM_JA_FIT_FILES = _files("toy_mgsm_ja_fit")
 TOY_MATH_EN_FILES = _files("toy_math_en")
 TOY_LANG_JA_FILES = _files("toy_lang_ja")
+TOY_MATH_EN_FIT_FILES = _files("toy_math_en_fit")
+TOY_LANG_JA_FIT_FILES = _files("toy_lang_ja_fit")
 
 
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:

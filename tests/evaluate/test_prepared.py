@@ -32,5 +32,7 @@ def test_toy_tasks_match_lm_eval_across_weight_swaps(toy_cache, limit):
             for name, t in backend.model.state_dict().items():
                 t.copy_(source[name])
         ours = evaluate(backend, tasks).results
+        tokens = {name: metrics.pop("gen_tokens") for name, metrics in ours.items()}
         assert ours == reference(backend, tasks, settings)
         assert set(ours["toy_mgsm_ja_fit"]) == {"acc", "correct", "ja"}
+        assert all(0 < n <= 8 for n in tokens.values())  # the toy tasks' max_gen_toks

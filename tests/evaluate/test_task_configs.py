@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from evomerge.config import CONFIG_DIR, compose
-from evomerge.evaluate import Objective
+from evomerge.evaluate.objectives import parse_objectives
 from evomerge.evaluate.tasks import make_task_manager
 
 TASK_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml"))
@@ -14,11 +14,11 @@ TASK_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml"))
 @pytest.mark.parametrize("name", TASK_CONFIGS)
 def test_every_task_config_names_indexed_tasks(name):
     cfg = compose("search", [f"task={name}"])["task"]
-    objective = Objective.parse(cfg["fitness"])
-    names = [*objective.tasks, *cfg["test"]]
+    objectives = parse_objectives(cfg)  # task.fitness, or task.objectives and constraints
+    names = [*objectives.tasks, *cfg["test"]]
     tm = make_task_manager(cfg.get("include") or (), names=names)
     assert set(names) <= set(tm.all_tasks)
-    assert not set(objective.tasks) & set(cfg["test"]), "fitness and test tasks must differ"
+    assert not set(objectives.tasks) & set(cfg["test"]), "fitness and test tasks must differ"
 
 
 def test_mgsm_fitness_task_is_mgsm_ja_on_the_disjoint_gsm8k_problems(tmp_path):

@@ -182,10 +182,17 @@ def wait_for(predicate, timeout=120.0) -> None:
     raise AssertionError("timed out waiting")
 
 
-def test_kill_9_loses_no_completed_trial_and_retries_the_running_one(toy_cache, tmp_path):
-    cfg = config(tmp_path, "run=r", "optimizer.n_trials=10")
+# one objective (CMA-ES), and three objectives with constraints (NSGA-II)
+OBJECTIVES = [[], ["task=toy_mgsm_ja_keep", "optimizer=nsga2"]]
+
+
+@pytest.mark.parametrize("objectives", OBJECTIVES, ids=["single", "multi"])
+def test_kill_9_loses_no_completed_trial_and_retries_the_running_one(
+    toy_cache, tmp_path, objectives
+):
+    cfg = config(tmp_path, "run=r", "optimizer.n_trials=10", *objectives)
     db = cfg.run_dir / "study.db"
-    proc = search_process(tmp_path, "optimizer.n_trials=10")
+    proc = search_process(tmp_path, "optimizer.n_trials=10", *objectives)
     wait_for(lambda: states(db).count("COMPLETE") >= 3)
     while True:  # freeze the worker in the middle of a candidate, then kill it
         proc.send_signal(signal.SIGSTOP)
@@ -196,7 +203,7 @@ def test_kill_9_loses_no_completed_trial_and_retries_the_running_one(toy_cache, 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     completed = [
-        (t.number, t.params, t.value)
+        (t.number, t.params, t.values)
         for t in load_study(cfg).trials
         if t.state == TrialState.COMPLETE
     ]
@@ -205,7 +212,7 @@ def test_kill_9_loses_no_completed_trial_and_retries_the_running_one(toy_cache, 
     run_search(cfg, progress=False)
     trials = load_study(cfg).trials
     assert [
-        (t.number, t.params, t.value)
+        (t.number, t.params, t.values)
         for t in trials
         if t.number < killed.number and t.state == TrialState.COMPLETE
     ] == completed
@@ -314,7 +321,7 @@ def test_a_worker_killed_right_after_its_first_parameter_leaves_a_trial_that_is_
 
     space = SimpleNamespace(names=["layers.0.a.weight", "layers.0.b.weight"], decode=die)
     with pytest.raises(Killed):
-        objective(trial, space, scorer=None, worker="w", budget=10)
+        objective(trial, space, scorer=None, worker="w", budget=10, goals=None)
     assert set(study.trials[0].params) == set(space.names)
     time.sleep(2.5)  # past the grace period (the storage keeps whole seconds)
     optuna.storages.fail_stale_trials(study)

@@ -1,0 +1,84 @@
+"""The front of a multi-objective (or constrained) run in summary.json, and its hypervolume
+along the run.
+
+Each member of the front is scored once on the held-out test tasks; the scores are kept in
+the study (user attr `front_test_results`), so a resumed run or another worker's finish
+scores only members that are new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from evomerge.evaluate import Results
+from evomerge.evaluate.objectives import Objectives
+from evomerge.search.pareto import chosen, feasible, hypervolume, oriented, pareto_front
+from evomerge.search.study import counted
+
+FRONT_TEST = "front_test_results"  # study user attr: {trial number: test results}
+
+
+def objective_values(trial: FrozenTrial, objectives: Objectives) -> dict[str, float]:
+    return dict(zip(objectives.names, trial.values or (), strict=True))
+
+
+def front_summary(
+    study: optuna.Study,
+    objectives: Objectives,
+    score_test: Callable[[FrozenTrial], Results] | None,
+) -> dict[str, Any]:
+    """summary.json's `objectives`, `constraints`, `chosen` and `pareto` entries."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    front = pareto_front(done, study.directions)
+    best = chosen(done, study.directions)
+    tested = dict(study.user_attrs.get(FRONT_TEST) or {})
+    single = study.user_attrs.get("test_results") or {}
+    if "trial" in single:
+        tested.setdefault(str(single["trial"]), single["results"])
+    new = [t for t in front if str(t.number) not in tested] if score_test else []
+    for t in new:
+        assert score_test is not None
+        tested[str(t.number)] = score_test(t)
+    if new:
+        study.set_user_attr(FRONT_TEST, tested)
+    return {
+        "objectives": [{"name": g.name, "direction": g.direction} for g in objectives.goals],
+        "constraints": [c.name for c in objectives.constraints],
+        "chosen": {
+            "trial": None if best is None else best.number,
+            "rule": "best primary objective among the members that satisfy every constraint",
+        },
+        "pareto": [member(t, objectives, tested.get(str(t.number))) for t in front],
+    }
+
+
+def member(trial: FrozenTrial, objectives: Objectives, test: Results | None) -> dict[str, Any]:
+    return {
+        "trial": trial.number,
+        "objectives": objective_values(trial, objectives),
+        "constraints": dict(trial.constraints),
+        "feasible": feasible(trial),
+        "test_metrics": test,
+    }
+
+
+def hypervolume_at(
+    trials: Sequence[FrozenTrial],
+    directions: Sequence[optuna.study.StudyDirection],
+    budgets: Sequence[int],
+    reference: Sequence[float],
+) -> dict[int, float]:
+    """Hypervolume of the feasible front among the first `b` counted candidates (by trial
+    number), for each budget b. `reference` is in the oriented space (larger is better:
+    a minimized objective's reference is the negated bound)."""
+    used = sorted((t for t in trials if counted(t)), key=lambda t: t.number)
+    out = {}
+    for b in budgets:
+        pool = [t for t in used[:b] if t.values is not None and feasible(t)]
+        points = [oriented(t, directions) for t in pareto_front(pool, directions)] if pool else []
+        out[b] = hypervolume(points, tuple(reference))
+    return out

@@ -1,0 +1,116 @@
+"""A run's objectives at work: the sources' own scores (measured once per run, stored with the
+study) and each trial's objective values and constraint values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+from optuna.study import StudyDirection
+
+from evomerge.errors import SearchError
+from evomerge.evaluate import Results, load_tasks
+from evomerge.evaluate.objectives import Objectives, SourceScores
+from evomerge.recipe import ModelSpec, Recipe
+from evomerge.search.config import SearchConfig
+from evomerge.search.pareto import OBJECTIVES
+from evomerge.search.scorer import CandidateScorer
+from evomerge.search.space import resolve_reference
+
+SOURCE_SCORES = "source_scores"  # study user attr: {source: {task: {metric: value}}}
+OBJECTIVE_NAMES = "objective_names"  # study user attr: the objectives' names, in order
+
+
+@dataclass(frozen=True)
+class RunGoals:
+    """The objectives of a run and the source scores its constraints compare against."""
+
+    objectives: Objectives
+    sources: SourceScores
+
+    def tell(self, trial: optuna.Trial, results: Results) -> float | list[float]:
+        """Record the candidate's objective and constraint values on its trial; returns what
+        the objective function hands Optuna (one value, or one per objective)."""
+        values = self.objectives.values(results)
+        names = self.objectives.names
+        if len(values) > 1:
+            trial.set_user_attr(OBJECTIVES, dict(zip(names, values, strict=True)))
+        for c, v in zip(
+            self.objectives.constraints,
+            self.objectives.violations(results, self.sources),
+            strict=True,
+        ):
+            trial.set_constraint(c.name, v)
+        return values if len(values) > 1 else values[0]
+
+
+def study_directions(objectives: Objectives) -> list[StudyDirection]:
+    return [
+        StudyDirection.MAXIMIZE if d == "maximize" else StudyDirection.MINIMIZE
+        for d in objectives.directions
+    ]
+
+
+def check_directions(study: optuna.Study, objectives: Objectives, run: str) -> None:
+    """A run resumed with other objectives would mix values of different meaning."""
+    stored = study.user_attrs.get(OBJECTIVE_NAMES)
+    if list(study.directions) != study_directions(objectives) or (
+        stored is not None and stored != objectives.names
+    ):
+        raise SearchError(
+            f"run {run!r}: its study was started with other objectives "
+            f"({stored or len(study.directions)}); this task has {objectives.names}; choose a "
+            "new run=NAME"
+        )
+    if stored is None:
+        study.set_user_attr(OBJECTIVE_NAMES, objectives.names)
+
+
+def source_scores(
+    study: optuna.Study, objectives: Objectives, score: Callable[[str, list[str]], Results]
+) -> SourceScores:
+    """Each source that a constraint compares against, scored once on that constraint's
+    tasks by `score(source, tasks)`; stored with the study, so a resumed run and every other
+    worker reuse the numbers (two workers starting together may both score: same numbers)."""
+    stored: SourceScores = dict(study.user_attrs.get(SOURCE_SCORES) or {})
+    missing = [s for s in objectives.sources if s not in stored]
+    for source in missing:
+        stored[source] = score(source, objectives.source_tasks(source))
+    if missing:
+        study.set_user_attr(SOURCE_SCORES, stored)
+    return stored
+
+
+def primary_value(trial: optuna.trial.FrozenTrial) -> float | None:
+    """The first objective's value (the fitness of a one-objective run); None if unscored."""
+    return None if not trial.values else float(trial.values[0])
+
+
+def describe(trial: optuna.trial.FrozenTrial) -> str:
+    """`fitness 0.43` or `target 0.41, math_en 0.85, lang_ja 0.93` for file headers."""
+    named = trial.user_attrs.get(OBJECTIVES)
+    if named:
+        return ", ".join(f"{k} {v!r}" for k, v in named.items())
+    value = primary_value(trial)
+    if value is None:
+        raise SearchError(f"trial {trial.number} has no value")
+    return f"fitness {value!r}"
+
+
+def source_recipe(cfg: SearchConfig, name: str) -> Recipe:
+    """A recipe that gives back the source model `name` as it is (linear, weight 1)."""
+    ref = dict(cfg.models.sources)[name]
+    model = resolve_reference(ref, cfg.models.toy_size)
+    return Recipe("linear", models=(ModelSpec(model, {"weight": 1.0}),), dtype=cfg.models.dtype)
+
+
+def run_goals(cfg: SearchConfig, study: optuna.Study, scorer: CandidateScorer) -> RunGoals:
+    """The run's objectives with its sources scored (once per study) where constraints need."""
+    objectives = cfg.task.goals
+
+    def score(name: str, tasks: list[str]) -> Results:
+        task_set = load_tasks(tasks, cfg.evaluator, extra_paths=cfg.task.include)
+        return scorer.evaluate_on(source_recipe(cfg, name), task_set)
+
+    return RunGoals(objectives, source_scores(study, objectives, score))
