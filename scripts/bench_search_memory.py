@@ -118,7 +118,7 @@ def child(family: Path, candidates: int, task_vector_bytes: int | None) -> dict[
 
 
 def ensure_family(family: Path, params: float) -> None:
-    from evomerge.bench.checkpoints import config_for, generate
+    from evomerge_dev.bench.checkpoints import config_for, generate
 
     config = config_for(params)
     generate(family / "base", config, seed=0, base_seed=None, shard_size=10**9)

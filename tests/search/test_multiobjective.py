@@ -9,7 +9,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-from evomerge.testing import SMALL_SEARCH
 from optuna.trial import TrialState
 
 from evomerge.config import compose, dump_config
@@ -21,6 +20,7 @@ from evomerge.search.loop import run_search
 from evomerge.search.objectives import SOURCE_SCORES
 from evomerge.search.pareto import chosen, pareto_front
 from evomerge.search.report import write_report
+from evomerge_dev.testing import SMALL_SEARCH
 
 MULTI = ["task=toy_mgsm_ja_keep", "optimizer=nsga2"]
 FAST = [*SMALL_SEARCH, "heartbeat_s=1", *MULTI]
