@@ -32,7 +32,8 @@ from typing import Any, TypeAlias
 
 import yaml
 
-from evomerge.errors import RecipeError
+from evomerge.errors import RecipeError, preview, preview_key
+from evomerge.yaml_limits import load_yaml, read_text_file
 
 Scalar: TypeAlias = bool | int | float | str
 Gradient: TypeAlias = tuple[Scalar, ...]
@@ -158,7 +159,7 @@ def parse_recipe(data: Mapping[str, Any]) -> Recipe:
         )
     for key in ("models", "slices"):
         if data.get(key) is not None and not isinstance(data[key], list):
-            raise RecipeError(f"{key}: must be a list, got {data[key]!r}")
+            raise RecipeError(f"{key}: must be a list, got {preview(data[key])}")
     has_models, has_slices = bool(data.get("models")), bool(data.get("slices"))
     if has_models == has_slices:
         raise RecipeError("recipe: give exactly one of `models` or `slices` (a non-empty list)")
@@ -184,35 +185,20 @@ def parse_recipe(data: Mapping[str, Any]) -> Recipe:
 
 
 def safe_load_yaml(text: str, where: str, *, documents: bool = False) -> Any:
-    """yaml.safe_load (or every document, with `documents`), any failure a RecipeError."""
-    try:
-        if documents:
-            return list(yaml.safe_load_all(text))
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError(f"{where}: malformed YAML{at}: {problem}") from None
-    except RecursionError:
-        raise RecipeError(f"{where}: malformed YAML: nested too deeply") from None
-    except Exception as e:  # safe_load's constructors fail on bad tagged scalars: `!!int abc`
-        raise RecipeError(f"{where}: malformed YAML: bad tagged value ({e!r})") from None
+    """yaml's safe loader within the limits of evomerge.yaml_limits; any failure a RecipeError."""
+    return load_yaml(text, where, documents=documents)
 
 
 def read_source(source: str | Path) -> tuple[str, str]:
     """(YAML text, where to say it came from): a .yaml/.yml path is read, other text is used."""
     if isinstance(source, Path) or ("\n" not in source and source.endswith((".yaml", ".yml"))):
         path = Path(source)
-        try:
-            return path.read_text(encoding="utf-8"), str(path)
-        except OSError as e:
-            raise RecipeError(f"{path}: cannot read recipe: {e.strerror}") from None
+        return read_text_file(path), str(path)
     return source, "recipe"
 
 
 def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], path: str) -> None:
-    unknown = sorted(str(k) for k in data if k not in allowed)
+    unknown = sorted(preview_key(k) for k in data if k not in allowed)
     if unknown:
         where = f"{path}." if path else ""
         raise RecipeError(
@@ -227,7 +213,7 @@ def _join(path: str, key: str) -> str:
 def _require_str(data: Mapping[str, Any], key: str, path: str) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not value:
-        raise RecipeError(f"{_join(path, key)}: must be a non-empty string, got {value!r}")
+        raise RecipeError(f"{_join(path, key)}: must be a non-empty string, got {preview(value)}")
     return value
 
 
@@ -238,7 +224,7 @@ def _optional_str(data: Mapping[str, Any], key: str, path: str) -> str | None:
 def _optional_dtype(data: Mapping[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is not None and value not in DTYPES:
-        raise RecipeError(f"{key}: must be one of {', '.join(DTYPES)}, got {value!r}")
+        raise RecipeError(f"{key}: must be one of {', '.join(DTYPES)}, got {preview(value)}")
     return value
 
 
@@ -252,13 +238,13 @@ def _optional_choice(data: Mapping[str, Any], key: str, choices: tuple[str, ...]
 def _optional_int(data: Mapping[str, Any], key: str) -> int | None:
     value = data.get(key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise RecipeError(f"{key}: must be an integer, got {value!r}")
+        raise RecipeError(f"{key}: must be an integer, got {preview(value)}")
     return value
 
 
 def _mapping(value: Any, path: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise RecipeError(f"{path}: must be a mapping, got {value!r}")
+        raise RecipeError(f"{path}: must be a mapping, got {preview(value)}")
     return value
 
 
@@ -276,7 +262,7 @@ def _parse_slice(value: Any, path: str) -> SliceSpec:
     _check_keys(data, ("sources", "parameters", "base_model", "input_scale"), path)
     sources = data.get("sources")
     if not isinstance(sources, list) or not sources:
-        raise RecipeError(f"{path}.sources: must be a non-empty list, got {sources!r}")
+        raise RecipeError(f"{path}.sources: must be a non-empty list, got {preview(sources)}")
     return SliceSpec(
         sources=tuple(_parse_source(s, f"{path}.sources[{i}]") for i, s in enumerate(sources)),
         parameters=_parse_parameters(data.get("parameters"), f"{path}.parameters"),
@@ -290,7 +276,7 @@ def _optional_scale(value: Any, path: str) -> float | None:
         return None
     value = _parse_scalar(value, path)
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise RecipeError(f"{path}: must be a positive number, got {value!r}")
+        raise RecipeError(f"{path}: must be a positive number, got {preview(value)}")
     return float(value)
 
 
@@ -305,7 +291,7 @@ def _parse_source(value: Any, path: str) -> SourceSpec:
         or not 0 <= lr[0] < lr[1]
     ):
         raise RecipeError(
-            f"{path}.layer_range: must be [start, end] with 0 <= start < end, got {lr!r}"
+            f"{path}.layer_range: must be [start, end] with 0 <= start < end, got {preview(lr)}"
         )
     return SourceSpec(
         model=_require_str(data, "model", path),
@@ -318,21 +304,24 @@ def _parse_parameters(value: Any, path: str) -> dict[str, ParameterValue]:
     if value is None:
         return {}
     data = _mapping(value, path)
-    return {str(k): _parse_value(v, f"{path}.{k}") for k, v in data.items()}
+    for k in data:
+        if not isinstance(k, str):
+            raise RecipeError(f"{path}.{preview_key(k)}: a parameter name must be a string")
+    return {k: _parse_value(v, f"{path}.{preview_key(k)}") for k, v in data.items()}
 
 
 def _parse_scalar(value: Any, path: str) -> Scalar:
     if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value):
         value = float(value)  # YAML 1.1 reads `1e-3` as a string; mergekit treats it as a number
     if isinstance(value, float) and not math.isfinite(value):
-        raise RecipeError(f"{path}: must be a finite number, got {value!r}")
+        raise RecipeError(f"{path}: must be a finite number, got {preview(value)}")
     if isinstance(value, int) and abs(value) > sys.float_info.max:  # float(value) would overflow
         raise RecipeError(
             f"{path}: must be a finite number, got an integer of {len(str(value))} digits"
         )
     if isinstance(value, bool | int | float | str):
         return value
-    raise RecipeError(f"{path}: must be a number, boolean or string, got {value!r}")
+    raise RecipeError(f"{path}: must be a number, boolean or string, got {preview(value)}")
 
 
 def _parse_value(value: Any, path: str) -> ParameterValue:
@@ -359,7 +348,7 @@ def _parse_condition(value: Mapping[str, Any], path: str) -> Condition:
     )
     filt = value.get("filter")
     if filt is not None and not isinstance(filt, str):
-        raise RecipeError(f"{path}.filter: must be a string, got {filt!r}")
+        raise RecipeError(f"{path}.filter: must be a string, got {preview(filt)}")
     return Condition(value=parsed, filter=filt)
 
 

@@ -9,14 +9,14 @@ plus a few global ones (`model.embed_tokens.weight` before the layers, `model.no
 from __future__ import annotations
 
 import copy
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evomerge.errors import MergeError
+from evomerge.errors import MergeError, preview
+from evomerge.merge.confine import ModelRoot
 from evomerge.merge.io import CheckpointReader, TensorInfo
 
 SUPPORTED = {
@@ -88,15 +88,15 @@ class ModelLayout:
 
 
 def read_config(directory: Path, ref: str) -> dict[str, Any]:
-    path = directory / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MergeError(f"model {ref!r}: no config.json in {directory}") from None
-    except ValueError as e:
-        raise MergeError(f"model {ref!r}: {path} is not valid JSON ({e})") from None
+    """config.json, read inside the model's root (see confine.py)."""
+    root = ModelRoot.of(directory)
+    if not root.exists("config.json"):
+        raise MergeError(f"model {preview(ref)}: no config.json in {directory}")
+    config = root.read_json("config.json")
     if not isinstance(config, dict):
-        raise MergeError(f"model {ref!r}: {path} must hold a JSON object")
+        raise MergeError(
+            f"model {preview(ref)}: {directory / 'config.json'} must hold a JSON object"
+        )
     return config
 
 
@@ -105,12 +105,14 @@ def describe_model(ref: str, config: Mapping[str, Any], reader: CheckpointReader
     if model_type not in SUPPORTED:
         archs = config.get("architectures")
         raise MergeError(
-            f"model {ref!r}: architecture {model_type!r} ({archs}) is not supported; "
+            f"model {preview(ref)}: architecture {preview(model_type)} ({archs}) is not supported; "
             f"supported model types: {', '.join(SUPPORTED)}"
         )
     num_layers = config.get("num_hidden_layers")
     if not isinstance(num_layers, int) or num_layers < 1:
-        raise MergeError(f"model {ref!r}: config.json num_hidden_layers is {num_layers!r}")
+        raise MergeError(
+            f"model {preview(ref)}: config.json num_hidden_layers is {preview(num_layers)}"
+        )
     tensors = {name: reader.info(name) for name in reader.names()}
     layers: dict[int, list[str]] = {}
     global_names = []
@@ -137,7 +139,7 @@ def describe_model(ref: str, config: Mapping[str, Any], reader: CheckpointReader
 def _check_layers(ref: str, layers: Mapping[int, list[str]], num_layers: int) -> None:
     if sorted(layers) != list(range(num_layers)):
         raise MergeError(
-            f"model {ref!r}: config.json says {num_layers} layers but the checkpoint has "
+            f"model {preview(ref)}: config.json says {num_layers} layers but the checkpoint has "
             f"tensors for layers {sorted(layers)}"
         )
 
@@ -150,8 +152,8 @@ def check_compatible(layouts: Sequence[ModelLayout]) -> None:
             a, b = first.config.get(key), other.config.get(key)
             if a != b:
                 raise MergeError(
-                    f"incompatible architectures: {key} is {a!r} in {first.ref!r} "
-                    f"but {b!r} in {other.ref!r}"
+                    f"incompatible architectures: {key} is {preview(a)} in {preview(first.ref)} "
+                    f"but {preview(b)} in {preview(other.ref)}"
                 )
 
 

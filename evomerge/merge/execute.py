@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,17 +10,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from evomerge.errors import MergeError
+from evomerge.errors import MergeError, preview
 from evomerge.merge.architecture import check_compatible
 from evomerge.merge.cache import SourceCache
 from evomerge.merge.drops import CounterDraws
 from evomerge.merge.io import ShardedWriter
 from evomerge.merge.methods import MergeArgs, TaskVector
-from evomerge.merge.output import write_extras
+from evomerge.merge.output import check_extras, write_extras
 from evomerge.merge.overlap import BackgroundWriter, read_ahead, torch_threads
 from evomerge.merge.plan import MergePlan, TensorJob, plan_merge
 from evomerge.merge.recipe_checks import check_recipe
 from evomerge.merge.sparsify import RandomDraws
+from evomerge.merge.staging import Staging, check_out_dir
 from evomerge.recipe import Recipe
 
 DTYPES = {
@@ -53,23 +52,29 @@ class MergeOptions:
     threads: int | None = None  # torch threads for the arithmetic; None: torch's setting
 
 
-def merge_to_disk(recipe: Recipe, out_dir: str | Path, options: MergeOptions | None = None) -> Path:
+def merge_to_disk(
+    recipe: Recipe,
+    out_dir: str | Path,
+    options: MergeOptions | None = None,
+    *,
+    card: str | None = None,
+) -> Path:
     """Merge into a new Hugging Face checkpoint at `out_dir` (which must not exist).
 
-    Everything is written to a temporary directory beside `out_dir` and renamed into place at
-    the end, so on any error nothing appears at `out_dir`. Reading, arithmetic and writing
-    overlap (overlap.py).
+    Everything is written to a staging directory beside `out_dir`, fsynced and renamed into
+    place at the end, so on any error nothing appears at `out_dir` (see staging.py). Reading,
+    arithmetic and writing overlap (overlap.py). `card` replaces the model card (README.md)
+    written from the recipe.
     """
     options = options or MergeOptions()
     out = Path(out_dir)
-    if out.exists():
-        raise MergeError(f"{out}: already exists; choose a new OUT_DIR or remove it first")
+    check_out_dir(out)
     device = _device(options)
     cache = SourceCache(preload=False)
     plan = _plan(recipe, cache, options)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    check_extras(plan, cache)
+    staging = Staging(out)
+    with staging as tmp:
         layout = [(job.name, job.shape, _output_dtype(plan, job, options)) for job in plan.jobs]
         writer = BackgroundWriter(ShardedWriter(tmp, options.shard_size, layout))
         try:
@@ -79,12 +84,8 @@ def merge_to_disk(recipe: Recipe, out_dir: str | Path, options: MergeOptions | N
             writer.finish()
         finally:
             writer.close()
-        write_extras(plan, cache, tmp, _out_dtype_name(plan, options))
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        write_extras(plan, cache, tmp, _out_dtype_name(plan, options), card)
+        return staging.commit()
 
 
 def merge_into_model(
@@ -136,12 +137,12 @@ def _device(options: MergeOptions) -> torch.device:
     """The compute device, once the options are checked."""
     if options.out_dtype is not None and options.out_dtype not in DTYPES:
         raise MergeError(
-            f"out_dtype: must be one of {', '.join(DTYPES)}, got {options.out_dtype!r}"
+            f"out_dtype: must be one of {', '.join(DTYPES)}, got {preview(options.out_dtype)}"
         )
     if options.threads is not None and options.threads < 1:
         raise MergeError(f"threads: must be >= 1, got {options.threads}")
     if options.device not in ("cpu", "cuda") and not options.device.startswith("cuda:"):
-        raise MergeError(f"device: must be cpu or cuda, got {options.device!r}")
+        raise MergeError(f"device: must be cpu or cuda, got {preview(options.device)}")
     if options.device.startswith("cuda") and not torch.cuda.is_available():
         raise MergeError("device: cuda requested but no CUDA device is available; use --device cpu")
     return torch.device(options.device)

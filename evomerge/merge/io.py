@@ -21,7 +21,8 @@ from typing import Any, BinaryIO
 
 import torch
 
-from evomerge.errors import MergeError
+from evomerge.errors import MergeError, preview, preview_key
+from evomerge.merge.confine import ModelRoot, shard_names
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,
@@ -53,13 +54,17 @@ class _Location:
 
 def resolve_model_dir(ref: str) -> Path:
     """A local directory as is; an `org/name` that is not one is fetched from the Hub."""
-    path = Path(ref).expanduser()
-    if path.is_dir():
+    try:
+        path = Path(ref).expanduser()
+        is_dir, exists = path.is_dir(), path.exists()
+    except (RuntimeError, ValueError, OSError) as e:  # `~nobody/x`, a NUL byte, a long name
+        raise MergeError(f"model {preview(ref)}: not a usable path ({e})") from None
+    if is_dir:
         return path
-    if path.exists():
-        raise MergeError(f"model {ref!r}: is a file; give the checkpoint's directory")
+    if exists:
+        raise MergeError(f"model {preview(ref)}: is a file; give the checkpoint's directory")
     if not _HUB_ID.fullmatch(ref):
-        raise MergeError(f"model {ref!r}: no such directory")
+        raise MergeError(f"model {preview(ref)}: no such directory")
     try:
         from huggingface_hub import snapshot_download
 
@@ -67,7 +72,7 @@ def resolve_model_dir(ref: str) -> Path:
         return Path(snapshot_download(ref, allow_patterns=patterns))
     except Exception as e:  # any Hub failure (offline, 404, auth) is the same user error
         raise MergeError(
-            f"model {ref!r}: not a local directory, and fetching it from the Hub failed: {e}"
+            f"model {preview(ref)}: not a local directory, and fetching it from the Hub failed: {e}"
         ) from None
 
 
@@ -78,13 +83,15 @@ class CheckpointReader:
         self, directory: Path, locations: dict[str, _Location], infos: dict[str, TensorInfo]
     ):
         self.directory = directory
+        self.root = ModelRoot.of(directory)  # every file read resolves inside it
         self._locations = locations
         self._infos = infos
         self._pickled: dict[Path, dict[str, torch.Tensor]] = {}
 
     @classmethod
     def open(cls, directory: Path, *, allow_pickle: bool = False) -> CheckpointReader:
-        files = _weight_files(directory)
+        root = ModelRoot.of(directory)
+        files = _weight_files(root)
         if files[0].suffix == ".bin":
             if not allow_pickle:
                 raise MergeError(
@@ -95,14 +102,14 @@ class CheckpointReader:
         locations: dict[str, _Location] = {}
         infos: dict[str, TensorInfo] = {}
         for file in files:
-            for name, (loc, info) in _read_header(file).items():
+            for name, (loc, info) in _read_header(root, file).items():
                 locations[name], infos[name] = loc, info
         return cls(directory, locations, infos)
 
     @classmethod
     def _open_pickled(cls, directory: Path, files: list[Path]) -> CheckpointReader:
         reader = cls(directory, {}, {})
-        for file in files:
+        for file in files:  # real paths inside the root (torch.load needs a file name)
             state = _torch_load(file)
             reader._pickled[file] = state
             for name, tensor in state.items():
@@ -127,7 +134,7 @@ class CheckpointReader:
         if loc.end == loc.start:
             return torch.empty(info.shape, dtype=info.dtype)
         start = loc.start - loc.start % mmap.ALLOCATIONGRANULARITY  # maps start on a page
-        with open(loc.file, "rb") as f:
+        with self.root.open(loc.file) as f:
             if os.fstat(f.fileno()).st_size < loc.end:
                 raise MergeError(f"{loc.file}: truncated while reading tensor {name}")
             # copy-on-write: writes to the tensor stay in this process, never in the file
@@ -136,66 +143,105 @@ class CheckpointReader:
         return torch.frombuffer(data, dtype=info.dtype).reshape(info.shape)
 
 
-def _weight_files(directory: Path) -> list[Path]:
+def _weight_files(root: ModelRoot) -> list[Path]:
+    """The real paths of the weight files, each inside the model's root (see confine.py)."""
+    directory = root.directory
     for index_name, single in (
         ("model.safetensors.index.json", "model.safetensors"),
         ("pytorch_model.bin.index.json", "pytorch_model.bin"),
     ):
-        index = directory / index_name
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError) as e:
-                raise MergeError(f"{index}: not a valid index file ({e})") from None
-            files = [directory / f for f in dict.fromkeys(weight_map.values())]
-            missing = [f.name for f in files if not f.is_file()]
+        if root.exists(index_name):
+            names = shard_names(root, index_name)
+            missing = [n for n in names if not root.exists(n)]
             if missing:
-                raise MergeError(f"{index}: lists shard files that do not exist: {missing}")
-            return files
-        if (directory / single).is_file():
-            return [directory / single]
+                raise MergeError(
+                    f"{directory / index_name}: lists shard files that do not exist: "
+                    f"{preview(missing)}"
+                )
+            return [root.resolve(n) for n in names]
+        if root.exists(single):
+            return [root.resolve(single)]
     found = sorted(directory.glob("*.safetensors"))
     if found:
-        return found
+        return [root.resolve(f.name) for f in found]
     raise MergeError(f"{directory}: no model.safetensors(.index.json) or pytorch_model.bin found")
 
 
-def _read_header(file: Path) -> dict[str, tuple[_Location, TensorInfo]]:
-    try:
-        size = file.stat().st_size
-        with open(file, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
+# The longest safetensors header read, the reference implementation's limit (safetensors'
+# MAX_HEADER_SIZE, 100 MB): a header holds a few hundred bytes per tensor, so even a model of
+# 100,000 tensors needs under 20 MB; a longer one is refused before it is read.
+MAX_HEADER_BYTES = 100_000_000
+
+
+def _read_header(root: ModelRoot, file: Path) -> dict[str, tuple[_Location, TensorInfo]]:
+    """Every tensor's place and type from a safetensors header; the file's bytes are never
+    quoted in an error (a shard named by a hostile index may be any file)."""
+    with root.open(file) as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise ValueError("shorter than the 8-byte header length")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > MAX_HEADER_BYTES:
+                raise ValueError(
+                    f"header length over {MAX_HEADER_BYTES} bytes, the safetensors limit"
+                )
             if length > size - 8:
-                raise ValueError(f"header length {length} exceeds the file's {size} bytes")
+                raise ValueError(f"header length exceeds the file's {size} bytes")
             header = json.loads(f.read(length))
-        if not isinstance(header, dict):
-            raise ValueError(f"header is a {type(header).__name__}, not a mapping")
-        data_start = 8 + length
-        out = {}
-        for name, entry in header.items():
-            if name != "__metadata__":
-                out[name] = _header_entry(name, entry, data_start, size, file)
-    except (OSError, struct.error, ValueError, KeyError, TypeError) as e:
-        raise MergeError(f"{file}: not a readable safetensors file ({e})") from None
-    return out
+        except json.JSONDecodeError as e:
+            raise MergeError(
+                f"{file}: not a readable safetensors file (header is not JSON at character {e.pos})"
+            ) from None
+        except (OSError, ValueError, RecursionError) as e:
+            reason = str(e) if type(e) is ValueError else type(e).__name__
+            raise MergeError(f"{file}: not a readable safetensors file ({reason})") from None
+    if not isinstance(header, dict):
+        raise MergeError(f"{file}: not a readable safetensors file (header is not a mapping)")
+    data_start = 8 + length
+    return {
+        name: _header_entry(name, entry, data_start, size, file)
+        for name, entry in header.items()
+        if name != "__metadata__"
+    }
 
 
 def _header_entry(
     name: str, entry: Any, data_start: int, size: int, file: Path
 ) -> tuple[_Location, TensorInfo]:
     """One tensor's header entry, checked against its dtype, shape and the file's length."""
-    if entry["dtype"] not in SAFETENSORS_DTYPES:
-        raise MergeError(f"{file}: tensor {name} has unsupported dtype {entry['dtype']}")
-    dtype, shape = SAFETENSORS_DTYPES[entry["dtype"]], tuple(int(d) for d in entry["shape"])
-    begin, end = (int(x) for x in entry["data_offsets"])
+    tensor = f"tensor {preview_key(name)}"
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise _unreadable(file, f"{tensor}: needs exactly dtype, shape and data_offsets")
+    dtype_name, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype_name, str) or dtype_name not in SAFETENSORS_DTYPES:
+        raise MergeError(f"{file}: {tensor} has unsupported dtype {preview(dtype_name)}")
+    if not _naturals(shape):
+        raise _unreadable(file, f"{tensor}: shape must be a list of non-negative integers")
+    if not _naturals(offsets) or len(offsets) != 2:
+        raise _unreadable(file, f"{tensor}: data_offsets must be two non-negative integers")
+    dtype = SAFETENSORS_DTYPES[dtype_name]
+    begin, end = offsets
     numel = 1
     for d in shape:
         numel *= d
-    if not 0 <= begin <= end or end - begin != numel * dtype.itemsize:
-        raise ValueError(f"tensor {name}: offsets {[begin, end]} do not fit shape {list(shape)}")
+    if not begin <= end or end - begin != numel * dtype.itemsize:
+        detail = f"offsets {preview(offsets)} do not fit shape {preview(shape)}"
+        raise _unreadable(file, f"{tensor}: {detail}")
     if data_start + end > size:
-        raise ValueError(f"truncated: tensor {name} ends at byte {data_start + end} of {size}")
-    return _Location(file, data_start + begin, data_start + end), TensorInfo(shape, dtype)
+        raise _unreadable(file, f"truncated: {tensor} ends at byte {data_start + end} of {size}")
+    return _Location(file, data_start + begin, data_start + end), TensorInfo(tuple(shape), dtype)
+
+
+def _unreadable(file: Path, detail: str) -> MergeError:
+    return MergeError(f"{file}: not a readable safetensors file ({detail})")
+
+
+def _naturals(value: Any) -> bool:
+    """A list of non-negative ints (not bools, not floats: a float shape is refused, not
+    truncated), as the safetensors format defines shapes and offsets."""
+    return isinstance(value, list) and all(type(x) is int and 0 <= x < 2**63 for x in value)
 
 
 def _torch_load(file: Path) -> dict[str, torch.Tensor]:
@@ -328,16 +374,22 @@ def parse_size(text: str | int) -> int:
         return text
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", text.upper())
     if not match:
-        raise MergeError(f"shard size: expected e.g. 5GB, 500MB or a byte count, got {text!r}")
+        raise MergeError(
+            f"shard size: expected e.g. 5GB, 500MB or a byte count, got {preview(text)}"
+        )
     unit = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}[match.group(2)]
     return int(float(match.group(1)) * unit)
 
 
 def copy_files(source: Path, target: Path, names: Iterable[str]) -> list[str]:
-    """Copy the named files that exist in `source`; returns those copied."""
+    """Copy the named files that exist in `source`, as regular files; returns those copied.
+
+    Each must resolve inside the source model's root (a link to a file elsewhere is refused,
+    never published in the output)."""
+    root = ModelRoot.of(source)
     copied = []
     for name in names:
-        if (source / name).is_file():
-            (target / name).write_bytes((source / name).read_bytes())
+        if root.exists(name):
+            root.copy(name, target / name)
             copied.append(name)
     return copied

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from evomerge.merge.architecture import output_config
 from evomerge.merge.cache import SourceCache
+from evomerge.merge.confine import ModelRoot
 from evomerge.merge.io import copy_files
 from evomerge.merge.plan import MergePlan
 from evomerge.recipe import dump_recipe
@@ -24,17 +25,35 @@ TOKENIZER_FILES = (
 TAGALONG_FILES = ("generation_config.json",)
 
 
-def write_extras(plan: MergePlan, cache: SourceCache, out: Path, dtype_name: str | None) -> None:
+def check_extras(plan: MergePlan, cache: SourceCache) -> None:
+    """Before any work: every file write_extras will copy resolves inside its model's root."""
+    for directory, names in _extras(plan, cache):
+        root = ModelRoot.of(directory)
+        for name in names:
+            if root.exists(name):
+                root.resolve(name)
+
+
+def _extras(plan: MergePlan, cache: SourceCache) -> list[tuple[Path, tuple[str, ...]]]:
+    source = plan.recipe.tokenizer_source
+    tokenizer_ref = plan.reference if source in (None, "base") else source
+    return [
+        (cache.directory(tokenizer_ref), TOKENIZER_FILES),
+        (cache.directory(plan.reference), TAGALONG_FILES),
+    ]
+
+
+def write_extras(
+    plan: MergePlan, cache: SourceCache, out: Path, dtype_name: str | None, card: str | None = None
+) -> None:
     reference = cache.layout(plan.reference)
     layer_sources = [(cache.layout(model), layer) for model, layer in plan.layer_sources]
     dtype = dtype_name or str(plan.jobs[0].dtype).removeprefix("torch.")
     config = output_config(reference, layer_sources, dtype)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    source = plan.recipe.tokenizer_source
-    tokenizer_ref = plan.reference if source in (None, "base") else source
-    copy_files(cache.directory(tokenizer_ref), out, TOKENIZER_FILES)
-    copy_files(cache.directory(plan.reference), out, TAGALONG_FILES)
-    (out / "README.md").write_text(model_card(plan))
+    for directory, names in _extras(plan, cache):
+        copy_files(directory, out, names)
+    (out / "README.md").write_text(card if card is not None else model_card(plan))
 
 
 def model_card(plan: MergePlan) -> str:

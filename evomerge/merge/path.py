@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from evomerge.errors import MergeError
+from evomerge.errors import MergeError, preview
 from evomerge.merge.architecture import COMPATIBILITY_KEYS, RESIDUAL_WRITERS
 from evomerge.recipe import Recipe
 
@@ -163,7 +163,9 @@ class PathModel:
             src = self.source(step.model)
             count = len(src.model.layers)
             if not 0 <= step.layer < count:
-                raise MergeError(f"model {step.model!r} has {count} layers, got layer {step.layer}")
+                raise MergeError(
+                    f"model {preview(step.model)} has {count} layers, got layer {step.layer}"
+                )
             layer = src.model.layers[step.layer]
             product *= step.input_scale
             if self.fold:
@@ -203,6 +205,6 @@ def _check_compatible(a: tuple[str, Any], b: tuple[str, Any]) -> None:
         va, vb = getattr(model_a.config, key, None), getattr(model_b.config, key, None)
         if va != vb:
             raise MergeError(
-                f"incompatible sources for a layer path: {key} is {va!r} in {ref_a!r} "
-                f"but {vb!r} in {ref_b!r}"
+                f"incompatible sources for a layer path: {key} is {preview(va)} in {preview(ref_a)} "
+                f"but {preview(vb)} in {preview(ref_b)}"
             )

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from evomerge.errors import MergeError, RecipeError
+from evomerge.errors import MergeError, RecipeError, preview
 from evomerge.merge.architecture import ModelLayout, layer_tensor, writes_residual
 from evomerge.merge.methods import REQUIRED, Method, Param, get_method
 from evomerge.recipe import Parameters, Recipe, resolve_value
@@ -153,7 +153,7 @@ def _check_range(layer_range: tuple[int, int], layout: ModelLayout, path: str) -
     if layer_range[1] > layout.num_layers:
         raise RecipeError(
             f"{path}.layer_range: {list(layer_range)} is out of bounds; model "
-            f"{layout.ref!r} has {layout.num_layers} layers (valid: 0 <= start < end <= "
+            f"{preview(layout.ref)} has {layout.num_layers} layers (valid: 0 <= start < end <= "
             f"{layout.num_layers})"
         )
 
@@ -173,14 +173,16 @@ def _job(
         wanted = suffix if offset is None else layer_tensor(item.layer_start + offset, suffix)
         stored = layouts[item.model].source_name(wanted)
         if stored is None:
-            raise MergeError(f"model {item.model!r} has no tensor {wanted} (needed for {out_name})")
+            raise MergeError(
+                f"model {preview(item.model)} has no tensor {wanted} (needed for {out_name})"
+            )
         inputs.append(TensorInput(item.model, stored))
     infos = [layouts[i.model].tensors[i.name] for i in inputs]
     for inp, info in zip(inputs[1:], infos[1:], strict=True):
         if info.shape != infos[0].shape:
             raise MergeError(
-                f"shape mismatch for {out_name}: {inputs[0].model!r} has {inputs[0].name} "
-                f"{list(infos[0].shape)}, {inp.model!r} has {inp.name} {list(info.shape)}"
+                f"shape mismatch for {out_name}: {preview(inputs[0].model)} has {inputs[0].name} "
+                f"{list(infos[0].shape)}, {preview(inp.model)} has {inp.name} {list(info.shape)}"
             )
     dtype = infos[0].dtype
     for info in infos[1:]:
@@ -210,7 +212,7 @@ def _job(
             broken = method.cross_check({k: v[i] for k, v in per_model.items()})
             if broken:
                 raise RecipeError(
-                    f"{item.path}.parameters: {broken} (model {item.model!r}, tensor {inp.name})"
+                    f"{item.path}.parameters: {broken} (model {preview(item.model)}, tensor {inp.name})"
                 )
     return TensorJob(out_name, infos[0].shape, dtype, tuple(inputs), has_base, per_model, shared)
 
@@ -229,7 +231,7 @@ def _resolve(
             if value is not None:
                 return value
     if param.default is REQUIRED:
-        where = f"{tensor} of model {model!r}" if model else tensor
+        where = f"{tensor} of model {preview(model)}" if model else tensor
         raise RecipeError(
             f"parameters.{name}: no value applies to {where} (no filter matched); "
             "add a condition without a filter as the fallback"

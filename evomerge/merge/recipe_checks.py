@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from evomerge.errors import RecipeError
+from evomerge.errors import RecipeError, preview
 from evomerge.merge.methods.base import REQUIRED, Method, Param
 from evomerge.merge.methods.registry import get_method
 from evomerge.recipe import Condition, Parameters, ParameterValue, Recipe
@@ -121,7 +121,7 @@ def _check_slice(method: Method, recipe: Recipe, index: int) -> None:
     if s.input_scale is not None and method.name != "passthrough":
         raise RecipeError(
             f"{path}.input_scale: only passthrough can fold a data-flow scale into weights, "
-            f"got merge_method {method.name!r}"
+            f"got merge_method {preview(method.name)}"
         )
     lengths = {src.layer_range[1] - src.layer_range[0] for src in s.sources}
     if len(lengths) > 1:
@@ -137,7 +137,7 @@ def _check_slice(method: Method, recipe: Recipe, index: int) -> None:
     if uses_base:
         if base not in names:
             raise RecipeError(
-                f"{path}.sources: the base model {base!r} must be one of the slice's sources"
+                f"{path}.sources: the base model {preview(base)} must be one of the slice's sources"
             )
         names = [n for n in names if n != base]
     _check_counts(method, len(names), f"{path}.sources", has_base=uses_base)

@@ -11,17 +11,17 @@ then the layer path over it.
 
 from __future__ import annotations
 
+import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from evomerge.errors import MergeError, RecipeError
+from evomerge.errors import MergeError, RecipeError, preview
 from evomerge.merge.execute import MergeOptions, merge_to_disk
 from evomerge.merge.recipe_checks import check_recipe
+from evomerge.merge.staging import Staging, check_out_dir
 from evomerge.recipe import Recipe, dump_recipe, parse_recipe, read_source, safe_load_yaml
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -95,26 +95,34 @@ def merge_stages_to_disk(
 ) -> Path:
     """Run the stages in order; the final one becomes `out_dir` (which must not exist)."""
     out = Path(out_dir)
-    if out.exists():
-        raise MergeError(f"{out}: already exists; choose a new OUT_DIR or remove it first")
+    check_out_dir(out)
     _check_names(stages)
     order = stage_order(stages)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".stages", dir=out.parent))
-    where = Path(keep) if keep is not None else work
-    try:
+    kept = _check_keep(keep, out)
+    with Staging(out, suffix=".stages") as work:  # the intermediates; removed at the end
+        where = kept or work
         results: dict[str, str] = {}
         for stage in order[:-1]:
             assert stage.name is not None  # _check_names: only the final stage is unnamed
             recipe = with_results(stage.recipe, results)
             results[stage.name] = str(merge_to_disk(recipe, where / stage.name, options))
-        # `.result` cannot be a stage name (names start with a letter or digit)
-        final = merge_to_disk(with_results(order[-1].recipe, results), work / ".result", options)
-        (final / "README.md").write_text(_card(order))
-        final.rename(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out
+        final = with_results(order[-1].recipe, results)
+        return merge_to_disk(final, out, options, card=_card(order))
+
+
+def _check_keep(keep: str | Path | None, out: Path) -> Path | None:
+    """--keep-intermediates: a directory (or a new one) apart from OUT_DIR."""
+    if keep is None:
+        return None
+    kept = Path(keep)
+    if os.path.lexists(kept) and not kept.is_dir():
+        raise MergeError(f"--keep-intermediates: {kept} exists and is not a directory")
+    if Path(os.path.abspath(kept)).is_relative_to(os.path.abspath(out)):
+        raise MergeError(
+            f"--keep-intermediates: {kept} is OUT_DIR or inside it; give a directory apart "
+            "from OUT_DIR (OUT_DIR appears only complete, at the end)"
+        )
+    return kept
 
 
 def merge_recipe_file(
@@ -183,7 +191,7 @@ def _stage_name(value: Any, where: str) -> str | None:
     if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise RecipeError(
             f"{where}.name: must be letters, digits, '.', '_' or '-' (it names a directory), "
-            f"got {value!r}"
+            f"got {preview(value)}"
         )
     return value
 
@@ -200,6 +208,6 @@ def _check_names(stages: Sequence[Stage]) -> None:
                     "give the others a `name`"
                 )
         elif stage.name in seen:
-            raise RecipeError(f"document {i + 1}.name: {stage.name!r} is used twice")
+            raise RecipeError(f"document {i + 1}.name: {preview(stage.name)} is used twice")
         else:
             seen.add(stage.name)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from evomerge.errors import RecipeError
+from evomerge.errors import RecipeError, preview
 
 Tensor = torch.Tensor
 REQUIRED = object()
@@ -66,16 +66,16 @@ class Param:
     def check(self, value: Any, path: str) -> None:
         if self.kind is bool:
             if not isinstance(value, bool):
-                raise RecipeError(f"{path}: must be true or false, got {value!r}")
+                raise RecipeError(f"{path}: must be true or false, got {preview(value)}")
             return
         if self.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise RecipeError(f"{path}: must be an integer, got {value!r}")
+            raise RecipeError(f"{path}: must be an integer, got {preview(value)}")
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RecipeError(f"{path}: must be a number, got {value!r}")
+            raise RecipeError(f"{path}: must be a number, got {preview(value)}")
         if (self.low is not None and value < self.low) or (
             self.high is not None and value > self.high
         ):
-            raise RecipeError(f"{path}: must be {self.range_text()}, got {value!r}")
+            raise RecipeError(f"{path}: must be {self.range_text()}, got {preview(value)}")
 
     def range_text(self) -> str:
         if self.high is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from evomerge.errors import RecipeError
+from evomerge.errors import RecipeError, preview
 from evomerge.merge.methods import interpolation as ip
 from evomerge.merge.methods import task_vectors as tv
 from evomerge.merge.methods.base import Method, MethodFn, Param
@@ -255,5 +255,5 @@ def get_method(name: str, *, path: str = "merge_method") -> Method:
     """The registry entry for `name`; an unknown name lists the valid ones."""
     if name not in METHODS:
         valid = ", ".join(sorted(METHODS))
-        raise RecipeError(f"{path}: unknown merge method {name!r}; valid methods: {valid}")
+        raise RecipeError(f"{path}: unknown merge method {preview(name)}; valid methods: {valid}")
     return METHODS[name]
