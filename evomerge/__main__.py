@@ -1,7 +1,8 @@
 """`python -m evomerge {search,merge,eval,export,report,toy} ...`
 
 Each subcommand lives in its own module with a `main(argv) -> int`; this file only dispatches,
-and turns an EvomergeError into a one-line message and exit code 2.
+and turns an EvomergeError (or a refusal of the file system, an OSError) into a one-line
+message and exit code 2.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # The wait policy changes no result (the toy family's bytes are the same; tests/toy).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from evomerge.errors import EvomergeError
+from evomerge.errors import EvomergeError, one_line
 
 COMMANDS = {
     "search": ("evomerge.search.cli", "run a recipe search (Hydra overrides: task=... models=...)"),
@@ -52,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.main(rest) or 0)
     except EvomergeError as e:
-        print(f"evomerge {name}: error: {e}", file=sys.stderr)
+        print(f"evomerge {name}: error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system refused (no space, read-only, permissions, ...)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"evomerge {name}: error: {one_line(f'{where}{e.strerror or e}')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"evomerge {name}: interrupted", file=sys.stderr)

@@ -59,7 +59,10 @@ def load_hf_model(path: str | Path, settings: EvalSettings) -> tuple[Any, Any]:
     dtype: Any = "auto" if settings.dtype == "auto" else DTYPE[settings.dtype]
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, trust_remote_code=settings.trust_remote_code, use_safetensors=True
+            path,
+            dtype=dtype,
+            trust_remote_code=settings.trust_remote_code,
+            use_safetensors=None if settings.allow_pickle else True,
         )
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
     except OSError as e:

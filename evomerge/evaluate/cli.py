@@ -1,8 +1,13 @@
-"""`python -m evomerge eval model=<dir|Hub id|recipe.yaml|toy:NAME> task=a[,b] [limit=N] [output=F]`."""
+"""`python -m evomerge eval model=<dir|Hub id|recipe.yaml|toy:NAME> task=a[,b] [limit=N] [output=F]
+[--allow-pickle]`.
+
+--allow-pickle: also read pickle (.bin) checkpoints (a recipe's sources, or the model itself);
+they can run code when loaded, so they are refused unless asked for."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -16,6 +21,7 @@ from evomerge.evaluate.fitness import Results
 from evomerge.evaluate.runner import evaluate
 from evomerge.evaluate.settings import EvalSettings
 from evomerge.evaluate.tasks import load_tasks
+from evomerge.merge.confine import INDEX_FILES, ModelRoot
 from evomerge.model_ref import resolve_reference
 
 
@@ -23,9 +29,13 @@ def main(argv: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
+    allow_pickle = "--allow-pickle" in argv
+    argv = [a for a in argv if a != "--allow-pickle"]
     argv = ["tasks=" + a.removeprefix("task=") if a.startswith("task=") else a for a in argv]
     cfg = compose("eval", quote_list_override(argv, "tasks"))
     evaluator = dict(cfg["evaluator"])
+    if allow_pickle:
+        evaluator["allow_pickle"] = True
     if cfg.get("limit") is not None:
         evaluator["limit"] = cfg["limit"]
     settings = EvalSettings.from_dict(evaluator)
@@ -53,18 +63,27 @@ def run_eval(
     include: Sequence[str] = (),
 ) -> Results:
     """Evaluate a model directory / Hub id / recipe / toy member on the named tasks."""
-    task_set = load_tasks(tasks, settings, extra_paths=include)
     if model.endswith((".yaml", ".yml")):
+        from evomerge.merge.stages import load_stages
+
+        load_stages(Path(model))  # a bad recipe fails before the tasks are built
+        task_set = load_tasks(tasks, settings, extra_paths=include)
         return _eval_recipe(Path(model), task_set, settings)
-    backend = make_backend(resolve_reference(model, toy_size), settings)
+    path = resolve_reference(model, toy_size)
+    if os.path.isdir(path):  # transformers reads what it finds there: check it all first
+        ModelRoot.of(path).check_files(INDEX_FILES)
+    task_set = load_tasks(tasks, settings, extra_paths=include)
+    backend = make_backend(path, settings)
     return evaluate(backend, task_set).results
 
 
 def _eval_recipe(path: Path, task_set: Any, settings: EvalSettings) -> Results:
+    from evomerge.merge.execute import MergeOptions
     from evomerge.merge.stages import merge_recipe_file
 
     with tempfile.TemporaryDirectory(prefix="evomerge-eval-") as tmp:
-        out = merge_recipe_file(path, Path(tmp) / "merged")  # one document or several stages
+        options = MergeOptions(allow_pickle=settings.allow_pickle)
+        out = merge_recipe_file(path, Path(tmp) / "merged", options)  # one or several stages
         backend = make_backend(out, settings)
         return evaluate(backend, task_set).results
 

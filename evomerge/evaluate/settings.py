@@ -47,6 +47,8 @@ class EvalSettings:
     timeout_s: float | None = None
     max_length: int | None = None
     trust_remote_code: bool = False
+    # read pickle (.bin) checkpoints too (`eval --allow-pickle`): they can run code when loaded
+    allow_pickle: bool = False
     # vLLM engine knobs (ignored by the HF backend)
     gpu_memory_utilization: float = 0.8
     tensor_parallel_size: int = 1

@@ -11,6 +11,7 @@ from typing import Any
 
 from evomerge.errors import EvaluationError
 from evomerge.evaluate.settings import EvalSettings
+from evomerge.yaml_limits import check_yaml, read_text_file
 
 # tasks/ at the repository root (the package is installed in editable mode from the checkout).
 TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
@@ -60,6 +61,7 @@ def load_tasks(
     """
     if not names:
         raise EvaluationError("task: at least one task name is required")
+    check_task_files(extra_paths)
     tm = task_manager or make_task_manager(extra_paths, names=names)
     known = _known(tm)
     for name in names:
@@ -75,6 +77,16 @@ def load_tasks(
     for task in loaded["tasks"].values():
         _apply_overrides(task, settings)
     return TaskSet(tuple(names), loaded)
+
+
+def check_task_files(paths: Sequence[str | Path]) -> None:
+    """The task YAMLs under user-named `include` paths pass the limits of every YAML evomerge
+    reads (size, alias expansion, nesting, duplicate keys) before lm-eval loads them."""
+    for top in paths:
+        files = [Path(top)] if Path(top).is_file() else sorted(Path(top).rglob("*.y*ml"))
+        for file in files:
+            if file.suffix in (".yaml", ".yml"):
+                check_yaml(read_text_file(file, what="task file"), str(file))
 
 
 def _apply_overrides(task: Any, settings: EvalSettings) -> None:

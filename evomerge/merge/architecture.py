@@ -123,6 +123,7 @@ def describe_model(ref: str, config: Mapping[str, Any], reader: CheckpointReader
         else:
             global_names.append(name)
     _check_layers(ref, layers, num_layers)
+    check_shapes(ref, config, tensors)
     pre = sorted(n for n in global_names if "embed" in n)
     post = sorted((n for n in global_names if "embed" not in n), key=lambda n: n == LM_HEAD)
     return ModelLayout(
@@ -142,6 +143,50 @@ def _check_layers(ref: str, layers: Mapping[int, list[str]], num_layers: int) ->
             f"model {preview(ref)}: config.json says {num_layers} layers but the checkpoint has "
             f"tensors for layers {sorted(layers)}"
         )
+
+
+def expected_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Tensor name (or layer suffix) -> the shape config.json gives it, as transformers builds
+    the Llama family's modules; {} when the config lacks a size (nothing is checked then)."""
+    keys = ("hidden_size", "intermediate_size", "vocab_size", "num_attention_heads")
+    sizes = [config.get(k) for k in keys]
+    if not all(type(v) is int and v > 0 for v in sizes):
+        return {}
+    hidden, inter, vocab, heads = (int(v) for v in sizes)  # type: ignore[arg-type]
+    kv = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or hidden // heads
+    if not (type(kv) is int and type(head_dim) is int and kv > 0 and head_dim > 0):
+        return {}
+    q, k = heads * head_dim, kv * head_dim
+    return {
+        EMBED: (vocab, hidden),
+        LM_HEAD: (vocab, hidden),
+        "model.norm.weight": (hidden,),
+        "self_attn.q_proj.weight": (q, hidden),
+        "self_attn.k_proj.weight": (k, hidden),
+        "self_attn.v_proj.weight": (k, hidden),
+        "self_attn.o_proj.weight": (hidden, q),
+        "mlp.gate_proj.weight": (inter, hidden),
+        "mlp.up_proj.weight": (inter, hidden),
+        "mlp.down_proj.weight": (hidden, inter),
+        "input_layernorm.weight": (hidden,),
+        "post_attention_layernorm.weight": (hidden,),
+    }
+
+
+def check_shapes(ref: str, config: Mapping[str, Any], tensors: Mapping[str, TensorInfo]) -> None:
+    """Every tensor whose shape config.json fixes has that shape (else the merged checkpoint
+    is written and then fails to load); tensors it does not describe are not checked."""
+    expected = expected_shapes(config)
+    for name, info in tensors.items():
+        match = _LAYER.fullmatch(name)
+        want = expected.get(match.group(2) if match else name)
+        if want is not None and info.shape != want:
+            raise MergeError(
+                f"model {preview(ref)}: tensor {name} has shape {list(info.shape)} but "
+                f"config.json gives {list(want)} (hidden_size, intermediate_size, vocab_size, "
+                "heads); the checkpoint does not match its config"
+            )
 
 
 def check_compatible(layouts: Sequence[ModelLayout]) -> None:

@@ -27,6 +27,7 @@ from evomerge.errors import MergeError
 # The largest JSON file parsed for a model (config.json, the index, generation_config.json):
 # a 405B model's index is about 100 KB and its config 1 KB; past this a file is not a model's.
 MAX_JSON_BYTES = 16 * 2**20
+INDEX_FILES = ["model.safetensors.index.json", "pytorch_model.bin.index.json"]
 _HF_SNAPSHOTS = "snapshots"
 _HF_REPO_PREFIX = "models--"
 

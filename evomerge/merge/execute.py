@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from evomerge.merge.output import check_extras, write_extras
 from evomerge.merge.overlap import BackgroundWriter, read_ahead, torch_threads
 from evomerge.merge.plan import MergePlan, TensorJob, plan_merge
 from evomerge.merge.recipe_checks import check_recipe
+from evomerge.merge.recipe_checks import check_distinct_models
 from evomerge.merge.sparsify import RandomDraws
 from evomerge.merge.staging import Staging, check_out_dir
 from evomerge.recipe import Recipe
@@ -150,6 +152,7 @@ def _device(options: MergeOptions) -> torch.device:
 
 def _plan(recipe: Recipe, cache: SourceCache, options: MergeOptions) -> MergePlan:
     refs = check_recipe(recipe).referenced_models()
+    check_distinct_models(recipe, lambda ref: os.path.realpath(cache.directory(ref)))
     layouts = {ref: cache.layout(ref, allow_pickle=options.allow_pickle) for ref in refs}
     check_compatible([layouts[ref] for ref in refs])
     if recipe.tokenizer_source not in (None, "base"):

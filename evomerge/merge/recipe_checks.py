@@ -5,7 +5,8 @@ The recipe module checks syntax only; these run on a parsed recipe, before any t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 
 from evomerge.errors import RecipeError, preview
 from evomerge.merge.methods.base import REQUIRED, Method, Param
@@ -21,6 +22,7 @@ def check_recipe(recipe: Recipe) -> Recipe:
 
 
 def check_recipe_for_method(method: Method, recipe: Recipe) -> None:
+    check_distinct_models(recipe, os.path.normpath)
     _check_parameters(method, recipe.parameters, "parameters", per_model_only=False)
     for i, m in enumerate(recipe.models):
         _check_parameters(method, m.parameters, f"models[{i}].parameters", per_model_only=True)
@@ -33,6 +35,27 @@ def check_recipe_for_method(method: Method, recipe: Recipe) -> None:
         _check_models_form(method, recipe)
     for i in range(len(recipe.slices)):
         _check_slice(method, recipe, i)
+
+
+def check_distinct_models(recipe: Recipe, same: Callable[[str], str]) -> None:
+    """A model is listed once in `models`, and once among a slice's sources: mergekit keys
+    inputs by model, so a second entry silently replaces the first. `same` maps a reference
+    to what identifies the model (its normalized text here, its real directory at plan time).
+    The base model may also be listed among the models, as mergekit allows."""
+    groups = [[(f"models[{i}]", m.model) for i, m in enumerate(recipe.models)]]
+    groups += [
+        [(f"slices[{i}].sources[{j}]", src.model) for j, src in enumerate(s.sources)]
+        for i, s in enumerate(recipe.slices)
+    ]
+    for group in groups:
+        seen: dict[str, str] = {}
+        for path, ref in group:
+            first = seen.setdefault(same(ref), path)
+            if first != path:
+                raise RecipeError(
+                    f"{path}.model: {preview(ref)} is the model of {first} too; list each "
+                    "model once (a second entry would replace the first)"
+                )
 
 
 def _check_parameters(

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.errors import SearchError
 from evomerge.search.front_plot import front_table, plot_front
 from evomerge.search.objectives import primary_value
 from evomerge.search.study import FAILURE, best_trial, counted
+from evomerge.yaml_limits import load_yaml, read_text_file
 
 
 def open_run(run_dir: Path) -> optuna.Study:
@@ -28,7 +28,7 @@ def open_run(run_dir: Path) -> optuna.Study:
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise SearchError(f"{run_dir}: no config.yaml; not a search run directory")
-    cfg = yaml.safe_load(config_path.read_text())
+    cfg = load_yaml(read_text_file(config_path, what="run config"), str(config_path))
     storage = cfg.get("storage") or f"sqlite:///{run_dir / 'study.db'}"
     try:
         return optuna.load_study(study_name=str(cfg["run"]), storage=storage)
@@ -188,7 +188,8 @@ def summary_markdown(run_dir: Path, study: optuna.Study) -> str:
 
 
 def parameter_ranges(run_dir: Path) -> dict[str, tuple[float, float]]:
-    space = yaml.safe_load((run_dir / "config.yaml").read_text()).get("space") or {}
+    path = run_dir / "config.yaml"
+    space = load_yaml(read_text_file(path, what="run config"), str(path)).get("space") or {}
     lo_w, hi_w = space.get("weight_range", (0.0, 1.0))
     lo_d, hi_d = space.get("density_range", (0.0, 1.0))
     return {"weight": (float(lo_w), float(hi_w)), "density": (float(lo_d), float(hi_d))}

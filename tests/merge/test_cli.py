@@ -58,8 +58,8 @@ def _shape_mismatch(family: dict[str, Path], tmp: Path) -> tuple[str, str]:
     _rewrite(odd, {"model.layers.0.mlp.up_proj.weight": torch.zeros(60, 32)})
     return (
         _ties(family["base"], family["a"], odd),
-        f"shape mismatch for model.layers.0.mlp.up_proj.weight: '{family['a']}' has "
-        f"model.layers.0.mlp.up_proj.weight [64, 32], '{odd}' has model.layers.0.mlp.up_proj.weight [60, 32]",
+        f"model '{odd}': tensor model.layers.0.mlp.up_proj.weight has shape [60, 32] but "
+        "config.json gives [64, 32]",
     )
 
 

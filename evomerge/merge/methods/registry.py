@@ -62,6 +62,10 @@ _DELLA = "arXiv:2406.11617"
 _BREADCRUMBS = "arXiv:2312.06795"
 _RAM = "arXiv:2601.13572"
 _NONNEGATIVE = Param(float, default=1e-5, low=0.0)
+# karcher's fixed-point steps, at most: each step is a pass over every input tensor, and the
+# iteration converges in a few steps (mergekit's default is 10); a recipe asking for 1e9
+# steps with `tol: 0` would run for days, so past ten times the default it is a recipe error.
+MAX_KARCHER_ITER = 100
 
 METHODS: Mapping[str, Method] = {
     m.name: m
@@ -216,7 +220,7 @@ METHODS: Mapping[str, Method] = {
             ip.karcher,
             per_model={},
             shared={
-                "max_iter": Param(int, default=10, low=0),
+                "max_iter": Param(int, default=10, low=0, high=MAX_KARCHER_ITER),
                 "tol": Param(float, default=1e-5, low=0.0),
             },
             needs_base=False,
