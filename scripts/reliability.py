@@ -1,7 +1,8 @@
-"""Reliability figures: SIGKILLed searches and merges, recipe fuzzing, corrupted shards.
+"""Reliability figures: SIGKILLed searches and merges, recipe fuzzing, corrupted shards,
+hostile inputs (the `hostile` part: scripts/hostile_inputs.py, writes <out>/hostile.json).
 
     OMP_NUM_THREADS=1 python scripts/reliability.py [--search-kills 20] [--merge-kills 10]
-        [--parts fuzz,shards,merge,search]
+        [--parts fuzz,shards,merge,search,hostile]
         [--fuzz 5000] [--samplers pycma,cmaes] [--out results/reliability]
 
 Prints a line per check and writes the numbers to <out>/reliability-<parts>.json. Runs on the small
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -140,6 +142,10 @@ def main() -> None:
     if "merge" in parts:
         with tempfile.TemporaryDirectory() as tmp:
             figures["merge"] = merge_figures(Path(tmp), args.merge_kills)
+    if "hostile" in parts:  # its own process: the RSS it reports is then the cases' own
+        script = Path(__file__).with_name("hostile_inputs.py")
+        subprocess.run([sys.executable, str(script), "--out", str(args.out)], check=True)
+        figures["hostile"] = json.loads((args.out / "hostile.json").read_text())["summary"]
     if "search" in parts:
         ensure_family(size="small", threads=1)
         with tempfile.TemporaryDirectory() as tmp:

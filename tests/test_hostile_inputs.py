@@ -20,7 +20,7 @@ from evomerge.evaluate.tasks import check_task_files
 from evomerge.merge import merge_to_disk
 from evomerge.merge.confine import ModelRoot
 from evomerge.merge.stages import load_stages
-from evomerge.merge.staging import STALE_AFTER_S, Staging, remove_stale
+from evomerge.merge.staging import Staging, remove_stale
 from evomerge.recipe import load_recipe
 from evomerge.testing import make_tiny_llama
 from evomerge.yaml_limits import MAX_YAML_BYTES
@@ -378,12 +378,9 @@ def test_stale_staging_directories_are_removed_and_live_ones_kept(models, tmp_pa
     out = tmp_path / "out"
     stale = tmp_path / ".out.dead1234.partial"
     stale.mkdir()
-    (stale / "model.safetensors").write_bytes(b"half")
-    old = os.stat(stale).st_mtime - 2 * STALE_AFTER_S
-    os.utime(stale, (old, old))
+    (stale / "model.safetensors").write_bytes(b"half")  # its merge was killed: no lock
     live = tmp_path / ".out.live5678.partial"
     live.mkdir()
-    os.utime(live, (old, old))
     fd = os.open(live, os.O_RDONLY | os.O_DIRECTORY)  # another open file: another owner
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:

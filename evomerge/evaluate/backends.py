@@ -23,6 +23,7 @@ from evomerge.errors import EvaluationError
 from evomerge.evaluate.guard import CandidateFailed, Deadline, ForwardGuard, check_finite_weights
 from evomerge.evaluate.settings import EvalSettings
 from evomerge.merge.architecture import is_head
+from evomerge.merge.confine import INDEX_FILES, ModelRoot
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ def load_hf_model(path: str | Path, settings: EvalSettings) -> tuple[Any, Any]:
     path = str(path)
     if not (Path(path).is_dir() or settings.trust_remote_code or "/" in path):
         raise EvaluationError(f"model: {path!r} is neither a directory nor a Hub model id")
+    if Path(path).is_dir():  # transformers reads what it finds there: check it all first
+        ModelRoot.of(path).check_files(INDEX_FILES)
     dtype: Any = "auto" if settings.dtype == "auto" else DTYPE[settings.dtype]
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(

@@ -3,7 +3,10 @@
 The merge holds an exclusive flock on its staging directory for as long as it lives. The
 kernel drops the lock when the process ends, however it ends (SIGKILL included), so a later
 merge into the same place that can take the lock on a leftover directory knows that its owner
-is dead, and removes it, saying so; a live merge's directory is never touched. At the end the
+is dead, and removes it (holding the lock), saying so; a live merge's directory is never
+touched. A new directory is unlocked for an instant after its creation: a merge whose new
+directory was taken for a leftover in that instant finds it locked or deleted once it holds
+the lock, and makes another. At the end the
 files and the directory are fsynced, then renamed to OUT_DIR in one step, then the parent is
 fsynced, so a power cut leaves either no OUT_DIR or a complete one.
 """
@@ -16,7 +19,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 
@@ -24,9 +26,8 @@ from evomerge.errors import MergeError
 
 log = logging.getLogger(__name__)
 
-# A leftover is removed only once unchanged for this long: a new staging directory exists for
-# an instant before its merge locks it, and a merge that is alive holds its lock.
-STALE_AFTER_S = 60.0
+# Tries at making a staging directory that no other merge removed before it was locked.
+CREATE_TRIES = 5
 # Characters of OUT_DIR's name kept in the staging directory's name: file names are limited to
 # 255 bytes (NAME_MAX), and the staging name adds a dot, a random part and a suffix.
 NAME_CHARS = 100
@@ -51,17 +52,35 @@ class Staging:
             raise MergeError(f"{out}: cannot create its parent directory: {e.strerror}") from None
         remove_stale(out.parent, out.name)
         try:
-            self.path = Path(
-                tempfile.mkdtemp(prefix=_prefix(out.name), suffix=self.suffix, dir=out.parent)
-            )
-            self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            for _ in range(CREATE_TRIES):
+                if self._create():
+                    return self.path  # type: ignore[return-value]
         except OSError as e:
             self._discard()
             raise MergeError(
                 f"{out.parent}: cannot write the merged model here: {e.strerror}"
             ) from None
-        return self.path
+        raise MergeError(f"{out.parent}: staging directories keep vanishing; is it shared?")
+
+    def _create(self) -> bool:
+        """Make and lock a staging directory; False when another merge removed it first."""
+        path = Path(
+            tempfile.mkdtemp(prefix=_prefix(self.out.name), suffix=self.suffix, dir=self.out.parent)
+        )
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # a leftover remover holds it and will delete it
+            return False
+        if os.fstat(fd).st_nlink == 0:  # removed before we locked it
+            os.close(fd)
+            return False
+        self.path, self._fd = path, fd
+        return True
 
     def commit(self) -> Path:
         """fsync everything written, rename it to OUT_DIR, fsync the parent."""
@@ -124,14 +143,14 @@ def remove_stale(parent: Path, name: str) -> list[Path]:
     except OSError:
         return []
     for entry in entries:
-        if entry.endswith((".partial", ".stages")) and _is_stale(parent / entry):
-            shutil.rmtree(parent / entry, ignore_errors=True)
+        if entry.endswith((".partial", ".stages")) and _remove_if_dead(parent / entry):
             log.warning("removed %s, left by a merge that was killed", parent / entry)
             removed.append(parent / entry)
     return removed
 
 
-def _is_stale(path: Path) -> bool:
+def _remove_if_dead(path: Path) -> bool:
+    """Remove `path` if no live merge holds its lock (kept while removing); whether removed."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
@@ -139,13 +158,13 @@ def _is_stale(path: Path) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
+        os.close(fd)
         return False  # its merge is alive
-    finally:
-        os.close(fd)  # also drops the lock just taken
     try:
-        return time.time() - path.stat().st_mtime > STALE_AFTER_S
-    except OSError:
-        return False
+        shutil.rmtree(path, ignore_errors=True)
+    finally:
+        os.close(fd)  # drops the lock
+    return True
 
 
 def _prefix(name: str) -> str:

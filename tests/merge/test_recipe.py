@@ -1,5 +1,6 @@
 """Recipe parsing, validation messages (with key paths), dumping and round trips."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -175,7 +176,12 @@ shared = st.fixed_dictionaries({}, optional={"normalize": st.booleans(), "lambda
 def ties_recipes(draw: st.DrawFn) -> Recipe:
     base = draw(names)
     models = draw(
-        st.lists(st.builds(ModelSpec, model=names, parameters=model_params), min_size=1, max_size=3)
+        st.lists(
+            st.builds(ModelSpec, model=names, parameters=model_params),
+            min_size=1,
+            max_size=3,
+            unique_by=lambda m: os.path.normpath(m.model),  # a model listed twice is an error
+        )
     )
     models = [m for m in models if m.model != base] or [ModelSpec(base + "x", {"weight": 1.0})]
     return Recipe(
