@@ -41,9 +41,10 @@ def read_text_file(path: Path, *, limit: int = MAX_YAML_BYTES, what: str = "reci
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO does not block the open
     except OSError as e:
         raise RecipeError(f"{path}: cannot read {what}: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory, a FIFO, a device
+        os.close(fd)
+        raise RecipeError(f"{path}: cannot read {what}: not a regular file")
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise RecipeError(f"{path}: cannot read {what}: not a regular file")
         try:
             data = f.read(limit + 1)
         except OSError as e:

@@ -3,6 +3,7 @@ parsing, nothing left behind. Each is parametrized over variants of its class.""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -19,6 +20,7 @@ from evomerge.errors import PREVIEW_CHARS, EvomergeError, MergeError, RecipeErro
 from evomerge.evaluate.tasks import check_task_files
 from evomerge.merge import merge_to_disk
 from evomerge.merge.confine import ModelRoot
+from evomerge.merge.io import ShardedWriter
 from evomerge.merge.stages import load_stages
 from evomerge.merge.staging import Staging, remove_stale
 from evomerge.recipe import load_recipe
@@ -281,6 +283,20 @@ def test_refusals_of_the_output_place_are_one_line(models, tmp_path, capsys, var
     assert not [p for p in tmp_path.iterdir() if p.name.endswith((".partial", ".stages"))]
 
 
+def test_a_full_disk_mid_merge_is_one_line_and_leaves_nothing(
+    models, tmp_path, capsys, monkeypatch
+):
+    def full(self: object, name: str, tensor: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
+
+    monkeypatch.setattr(ShardedWriter, "add", full)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(linear(models["base"], models["a"]))
+    argv = ["merge", str(recipe), str(tmp_path / "out"), "--no-progress"]
+    assert "No space left on device" in run_cli(tmp_path, argv, capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["r.yaml"]
+
+
 def test_a_long_but_valid_out_dir_name_merges(models, tmp_path):
     out = tmp_path / ("n" * 250)  # the staging directory's name must still fit NAME_MAX
     assert merge_to_disk(load_recipe(linear(models["base"], models["a"])), out).is_dir()
@@ -303,7 +319,9 @@ def _write(path: Path, data: bytes) -> str:
 @pytest.mark.parametrize("variant", sorted(RECIPE_FILES))
 def test_unreadable_recipes_and_references_are_one_line(models, tmp_path, capsys, variant):
     recipe = RECIPE_FILES[variant](tmp_path / "r.yaml", models)
-    run_cli(tmp_path, ["merge", recipe, str(tmp_path / "out")], capsys)
+    err = run_cli(tmp_path, ["merge", recipe, str(tmp_path / "out")], capsys)
+    if variant in ("a_directory", "a_fifo"):
+        assert "not a regular file" in err
 
 
 INDEXES = {

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
-from evomerge.errors import EvaluationError
+from evomerge.errors import EvaluationError, preview
 from evomerge.evaluate.guard import CandidateFailed, Deadline, ForwardGuard, check_finite_weights
 from evomerge.evaluate.settings import EvalSettings
 from evomerge.merge.architecture import is_head
@@ -56,7 +56,7 @@ def load_hf_model(path: str | Path, settings: EvalSettings) -> tuple[Any, Any]:
 
     path = str(path)
     if not (Path(path).is_dir() or settings.trust_remote_code or "/" in path):
-        raise EvaluationError(f"model: {path!r} is neither a directory nor a Hub model id")
+        raise EvaluationError(f"model: {preview(path)} is neither a directory nor a Hub model id")
     if Path(path).is_dir():  # transformers reads what it finds there: check it all first
         ModelRoot.of(path).check_files(INDEX_FILES)
     dtype: Any = "auto" if settings.dtype == "auto" else DTYPE[settings.dtype]
@@ -69,7 +69,7 @@ def load_hf_model(path: str | Path, settings: EvalSettings) -> tuple[Any, Any]:
         )
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
     except OSError as e:
-        raise EvaluationError(f"model: cannot load {path!r}: {e}") from e
+        raise EvaluationError(f"model: cannot load {preview(path)}: {e}") from e
     model.to(settings.device).eval()
     return model, tok
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evomerge.errors import EvaluationError
+from evomerge.errors import EvaluationError, preview
 from evomerge.evaluate.settings import EvalSettings
 from evomerge.yaml_limits import check_yaml, read_text_file
 
@@ -68,7 +68,7 @@ def load_tasks(
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise EvaluationError(f"task: unknown task {name!r}{hint}")
+            raise EvaluationError(f"task: unknown task {preview(name)}{hint}")
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     try:
         loaded = tm.load(list(names))
