@@ -78,7 +78,8 @@ def build(root: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from evomerge.testing import make_tiny_llama
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evomerge_dev: not installed
+    from evomerge_dev.testing import make_tiny_llama
 
     base = make_tiny_llama(root / "base", seed=0)
     a = make_tiny_llama(root / "a", seed=1, base=base)

@@ -21,11 +21,12 @@ from evomerge.evaluate.tasks import check_task_files
 from evomerge.merge import merge_to_disk
 from evomerge.merge.confine import ModelRoot
 from evomerge.merge.io import ShardedWriter
+from evomerge.merge.recipe_checks import check_recipe
 from evomerge.merge.stages import load_stages
 from evomerge.merge.staging import Staging, remove_stale
 from evomerge.recipe import load_recipe
-from evomerge.testing import make_tiny_llama
 from evomerge.yaml_limits import MAX_YAML_BYTES
+from evomerge_dev.testing import make_tiny_llama
 
 CANARY = "canary-7f3a9c"
 SECRET = f"{CANARY}: this line lives outside every model directory\n"
@@ -231,7 +232,7 @@ def test_iterative_methods_and_error_values_are_bounded(models):
         f"models: [{{model: {models['a']}}}, {{model: {models['base']}}}]\n"
     )
     with pytest.raises(RecipeError, match=r"parameters.max_iter: must be in \[0, 100\]"):
-        load_recipe(recipe)
+        check_recipe(load_recipe(recipe))
     shared = [[1.0] * 1000] * 1000
     assert len(preview(shared)) <= PREVIEW_CHARS + 3 and len(preview("z" * 10**6)) <= 83
 
@@ -367,19 +368,19 @@ def test_duplicates_and_inconsistent_checkpoints_are_errors(models, tmp_path):
     with pytest.raises(RecipeError, match=r"models\[0\].model: duplicate key at line 4"):
         load_recipe("merge_method: linear\nmodels:\n  - model: x\n    model: y\n")
     with pytest.raises(RecipeError, match=r"models\[1\].model: .* is the model of models\[0\]"):
-        load_recipe(linear(a, f"{a}/."))
+        check_recipe(load_recipe(linear(a, f"{a}/.")))
     path = (
         f"merge_method: linear\nslices:\n  - sources:\n      - {{model: {a}, layer_range: [0, 1]}}"
         f"\n      - {{model: {a}, layer_range: [1, 2]}}\n"
     )
     with pytest.raises(RecipeError, match=r"slices\[0\].sources\[1\].model"):
-        load_recipe(path)
+        check_recipe(load_recipe(path))
     alias = tmp_path / "alias"
     alias.symlink_to(a)
     with pytest.raises(RecipeError, match=r"models\[1\].model"):  # same directory, other name
         merge_to_disk(load_recipe(linear(a, alias)), tmp_path / "out")
     # the base listed among the models is mergekit's layout, and stays valid
-    load_recipe(f"merge_method: ties\nbase_model: {base}\n" + linear(base, a)[21:])
+    check_recipe(load_recipe(f"merge_method: ties\nbase_model: {base}\n" + linear(base, a)[21:]))
     bad = copy_model(a, tmp_path / "bad")
     config = json.loads((bad / "config.json").read_text())
     config["vocab_size"] += 1

@@ -20,8 +20,7 @@ from evomerge.merge.methods import MergeArgs, TaskVector
 from evomerge.merge.output import check_extras, write_extras
 from evomerge.merge.overlap import BackgroundWriter, read_ahead, torch_threads
 from evomerge.merge.plan import MergePlan, TensorJob, plan_merge
-from evomerge.merge.recipe_checks import check_recipe
-from evomerge.merge.recipe_checks import check_distinct_models
+from evomerge.merge.recipe_checks import check_distinct_models, check_recipe
 from evomerge.merge.sparsify import RandomDraws
 from evomerge.merge.staging import Staging, check_out_dir
 from evomerge.recipe import Recipe
