@@ -5,11 +5,10 @@ first use). Resolution and metadata only; reading a model's files is the merge c
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, preview
 
 TOY_PREFIX = "toy:"
 
@@ -25,9 +24,13 @@ def resolve_reference(ref: str, toy_size: str = "full") -> str:
 
 def model_config(model: str) -> dict[str, Any]:
     """A local directory's config.json, or a Hub model's config."""
-    path = Path(model) / "config.json"
-    if path.is_file():
-        config: dict[str, Any] = json.loads(path.read_text())
+    from evomerge.merge.confine import ModelRoot  # late: the merge core imports torch
+
+    root = ModelRoot.of(model)
+    if Path(model).is_dir() and root.exists("config.json"):  # read inside the model's root
+        config: dict[str, Any] = root.read_json("config.json")
+        if not isinstance(config, dict):
+            raise ConfigError(f"models: {preview(model)}/config.json must hold a JSON object")
     else:
         from transformers import AutoConfig
 
