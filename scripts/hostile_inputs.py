@@ -111,6 +111,7 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int | None, in
     threads = [
         threading.Thread(target=drain, args=(n, s))
         for n, s in (("out", proc.stdout), ("err", proc.stderr))
+        if s is not None
     ]
     for t in threads:
         t.start()
