@@ -1,6 +1,6 @@
 """Model references, as `models.sources`, `models.base_model` and `eval model=` name them: a
 local directory, a Hugging Face Hub id, or `toy:<member>` (the embedded toy family, built on
-first use). Resolution and metadata only; reading a model's files is the merge core's.
+first use); `BASE+ADAPTER` is BASE with a LoRA adapter (merge/lora.py applies it). Resolution and metadata only; reading a model's files is the merge core's.
 """
 
 from __future__ import annotations
@@ -12,10 +12,15 @@ from typing import Any
 from evomerge.errors import ConfigError
 
 TOY_PREFIX = "toy:"
+ADAPTER_SEPARATOR = "+"  # mergekit's BASE+ADAPTER; merge/lora.py checks the form
 
 
 def resolve_reference(ref: str, toy_size: str = "full") -> str:
-    """`toy:<member>` -> the cached toy model directory (built on first use); others unchanged."""
+    """`toy:<member>` -> the cached toy model directory (built on first use); others unchanged.
+    A LoRA source `BASE+ADAPTER` resolves each part."""
+    if ADAPTER_SEPARATOR in ref:
+        base, _, adapter = ref.partition(ADAPTER_SEPARATOR)
+        return f"{resolve_reference(base, toy_size)}+{resolve_reference(adapter, toy_size)}"
     if ref.startswith(TOY_PREFIX):
         from evomerge.toy import ensure_family
 
@@ -24,7 +29,8 @@ def resolve_reference(ref: str, toy_size: str = "full") -> str:
 
 
 def model_config(model: str) -> dict[str, Any]:
-    """A local directory's config.json, or a Hub model's config."""
+    """A local directory's config.json, or a Hub model's config (BASE's for BASE+ADAPTER)."""
+    model = model.partition(ADAPTER_SEPARATOR)[0]
     path = Path(model) / "config.json"
     if path.is_file():
         config: dict[str, Any] = json.loads(path.read_text())

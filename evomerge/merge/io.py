@@ -84,7 +84,13 @@ class CheckpointReader:
 
     @classmethod
     def open(cls, directory: Path, *, allow_pickle: bool = False) -> CheckpointReader:
-        files = _weight_files(directory)
+        return cls.open_files(directory, _weight_files(directory), allow_pickle=allow_pickle)
+
+    @classmethod
+    def open_files(
+        cls, directory: Path, files: list[Path], *, allow_pickle: bool = False
+    ) -> CheckpointReader:
+        """The tensors of the given weight files of `directory` (e.g. a PEFT adapter's)."""
         if files[0].suffix == ".bin":
             if not allow_pickle:
                 raise MergeError(
