@@ -7,6 +7,7 @@ from pathlib import Path
 
 from evomerge.merge.architecture import output_config
 from evomerge.merge.cache import SourceCache
+from evomerge.merge.card import render_card
 from evomerge.merge.io import copy_files
 from evomerge.merge.plan import MergePlan
 from evomerge.recipe import dump_recipe
@@ -39,10 +40,10 @@ def write_extras(plan: MergePlan, cache: SourceCache, out: Path, dtype_name: str
 
 def model_card(plan: MergePlan) -> str:
     recipe = plan.recipe
-    models = "\n".join(f"- {ref}" for ref in recipe.referenced_models())
-    return (
-        "---\nlibrary_name: transformers\ntags:\n- merge\n- evomerge\n---\n"
-        f"# Merged model\n\nMerged with evomerge (`python -m evomerge merge`) using "
-        f"`{recipe.merge_method}`. The recipe below reproduces it.\n\n## Source models\n\n{models}\n\n"
-        f"## Recipe\n\n```yaml\n{dump_recipe(recipe)}```\n"
+    return render_card(
+        models=recipe.referenced_models(),
+        methods=[recipe.merge_method],
+        intro=f"Merged with evomerge (`python -m evomerge merge`) using `{recipe.merge_method}`. "
+        "The recipe below reproduces it.",
+        recipe_yaml=dump_recipe(recipe),
     )
