@@ -142,11 +142,11 @@ def _check_layers(ref: str, layers: Mapping[int, list[str]], num_layers: int) ->
         )
 
 
-def check_compatible(layouts: Sequence[ModelLayout]) -> None:
-    """Every model must agree with the first on the keys that fix tensor shapes."""
+def check_compatible(layouts: Sequence[ModelLayout], ignore: tuple[str, ...] = ()) -> None:
+    """Every model must agree with the first on the keys that fix tensor shapes (but `ignore`)."""
     first = layouts[0]
     for other in layouts[1:]:
-        for key in COMPATIBILITY_KEYS:
+        for key in (k for k in COMPATIBILITY_KEYS if k not in ignore):
             a, b = first.config.get(key), other.config.get(key)
             if a != b:
                 raise MergeError(

@@ -23,6 +23,7 @@ from evomerge.merge.overlap import BackgroundWriter, read_ahead, torch_threads
 from evomerge.merge.plan import MergePlan, TensorJob, plan_merge
 from evomerge.merge.recipe_checks import check_recipe
 from evomerge.merge.sparsify import RandomDraws
+from evomerge.merge.vocab import VOCAB_TENSORS, build_vocabulary, permute_rows, tokenizer_spec
 from evomerge.recipe import Recipe
 
 DTYPES = {
@@ -150,10 +151,11 @@ def _device(options: MergeOptions) -> torch.device:
 def _plan(recipe: Recipe, cache: SourceCache, options: MergeOptions) -> MergePlan:
     refs = check_recipe(recipe).referenced_models()
     layouts = {ref: cache.layout(ref, allow_pickle=options.allow_pickle) for ref in refs}
-    check_compatible([layouts[ref] for ref in refs])
-    if recipe.tokenizer_source not in (None, "base"):
-        cache.directory(recipe.tokenizer_source)  # a missing tokenizer model fails before work
-    return plan_merge(recipe, layouts)
+    merges_vocabularies = tokenizer_spec(recipe) is not None
+    check_compatible([layouts[ref] for ref in refs], ("vocab_size",) if merges_vocabularies else ())
+    sizes = {ref: int(layout.config.get("vocab_size") or 0) for ref, layout in layouts.items()}
+    vocabulary = build_vocabulary(recipe, cache.directory, sizes)  # reads tokenizers only
+    return plan_merge(recipe, layouts, vocabulary)
 
 
 def _out_dtype_name(plan: MergePlan, options: MergeOptions) -> str | None:
@@ -205,6 +207,8 @@ def run_job(
     round block by block, never holding the whole tensor in float32). Not checked for NaN.
     """
     tensors = [cache.tensor(inp.model, inp.name, device) for inp in job.inputs]
+    if plan.vocabulary is not None and job.name in VOCAB_TENSORS:  # rows laid out by token
+        tensors = permute_rows(plan.vocabulary, job.name, [i.model for i in job.inputs], tensors)
     if not all(t.is_floating_point() for t in tensors):
         return _agreed_buffer(job, tensors)
     if plan.method.entrywise and tensors[0].dim() > 0 and tensors[0].numel() > BLOCK:

@@ -30,10 +30,14 @@ def write_extras(plan: MergePlan, cache: SourceCache, out: Path, dtype_name: str
     layer_sources = [(cache.layout(model), layer) for model, layer in plan.layer_sources]
     dtype = dtype_name or str(plan.jobs[0].dtype).removeprefix("torch.")
     config = output_config(reference, layer_sources, dtype)
+    if plan.vocabulary is not None:  # merged vocabulary: its rows and its tokenizer
+        config["vocab_size"] = plan.vocabulary.rows
+        plan.vocabulary.tokenizer.save_pretrained(str(out))
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     source = plan.recipe.tokenizer_source
     tokenizer_ref = plan.reference if source in (None, "base") else source
-    copy_files(cache.directory(tokenizer_ref), out, TOKENIZER_FILES)
+    if plan.vocabulary is None:
+        copy_files(cache.directory(tokenizer_ref), out, TOKENIZER_FILES)
     copy_files(cache.directory(plan.reference), out, TAGALONG_FILES)
     (out / "README.md").write_text(model_card(plan))
 
