@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from evomerge_dev.testing import make_tiny_llama
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from evomerge.errors import MergeError
 from evomerge.merge import merge_to_disk
 from evomerge.recipe import load_recipe
+from evomerge_dev.testing import make_tiny_llama
 
 mergekit_merge = pytest.importorskip("mergekit.merge")
 mergekit_config = pytest.importorskip("mergekit.config")
