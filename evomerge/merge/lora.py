@@ -7,11 +7,12 @@ so nothing is materialized beforehand (mergekit merges the whole adapter model i
 
     W' = W + s * B @ A,    s = lora_alpha / r   (lora_alpha / sqrt(r) with use_rslora)
 
-with `r` and `lora_alpha` per module from `rank_pattern` / `alpha_pattern` (Hu et al., 2021,
-eq. 3; PEFT's merge_and_unload). Embeddings store the product transposed. A tensor the adapter
+with `r` and `lora_alpha` per module from `rank_pattern` / `alpha_pattern` (Hu et al., 2021;
+PEFT's merge_and_unload). Embeddings store the product transposed. A tensor the adapter
 saved whole (`modules_to_save`, or an embedding's `base_layer`) replaces the base's. The update
-is computed in float32 (PEFT upcasts half-precision adapters when loading them) and rounded to
-the base tensor's dtype once, as PEFT does.
+is computed in float32 (PEFT upcasts half-precision adapters when loading them) and the sum
+rounded to the base tensor's dtype once; an embedding's update is rounded before the addition.
+Both as PEFT's merge does, so a half-precision base gives PEFT's merged tensors bit for bit.
 """
 
 from __future__ import annotations
