@@ -1,4 +1,4 @@
-"""`python -m evomerge {search,merge,eval,export,report,toy} ...`
+"""`python -m evomerge {search,merge,eval,export,report,dashboard,toy} ...`
 
 Each subcommand lives in its own module with a `main(argv) -> int`; this file only dispatches,
 and turns an EvomergeError (or a refusal of the file system, an OSError) into a one-line
@@ -30,6 +30,7 @@ COMMANDS = {
     "eval": ("evomerge.evaluate.cli", "score a model directory or recipe on tasks"),
     "export": ("evomerge.search.export", "materialize a search run's best recipe or any trial"),
     "report": ("evomerge.search.report", "plots and a markdown summary of a search run"),
+    "dashboard": ("evomerge.search.dashboard", "serve a search run's study in optuna-dashboard"),
     "toy": ("evomerge.toy.cli", "build the embedded toy model family"),
 }
 

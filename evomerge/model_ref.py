@@ -1,6 +1,6 @@
 """Model references, as `models.sources`, `models.base_model` and `eval model=` name them: a
 local directory, a Hugging Face Hub id, or `toy:<member>` (the embedded toy family, built on
-first use). Resolution and metadata only; reading a model's files is the merge core's.
+first use); `BASE+ADAPTER` is BASE with a LoRA adapter (merge/lora.py applies it). Resolution and metadata only; reading a model's files is the merge core's.
 """
 
 from __future__ import annotations
@@ -11,10 +11,15 @@ from typing import Any
 from evomerge.errors import ConfigError, preview
 
 TOY_PREFIX = "toy:"
+ADAPTER_SEPARATOR = "+"  # mergekit's BASE+ADAPTER; merge/lora.py checks the form
 
 
 def resolve_reference(ref: str, toy_size: str = "full") -> str:
-    """`toy:<member>` -> the cached toy model directory (built on first use); others unchanged."""
+    """`toy:<member>` -> the cached toy model directory (built on first use); others unchanged.
+    A LoRA source `BASE+ADAPTER` resolves each part."""
+    if ADAPTER_SEPARATOR in ref:
+        base, _, adapter = ref.partition(ADAPTER_SEPARATOR)
+        return f"{resolve_reference(base, toy_size)}+{resolve_reference(adapter, toy_size)}"
     if ref.startswith(TOY_PREFIX):
         from evomerge.toy import ensure_family
 
@@ -23,9 +28,10 @@ def resolve_reference(ref: str, toy_size: str = "full") -> str:
 
 
 def model_config(model: str) -> dict[str, Any]:
-    """A local directory's config.json, or a Hub model's config."""
+    """A local directory's config.json, or a Hub model's config (BASE's for BASE+ADAPTER)."""
     from evomerge.merge.confine import ModelRoot  # late: the merge core imports torch
 
+    model = model.partition(ADAPTER_SEPARATOR)[0]
     root = ModelRoot.of(model)
     if Path(model).is_dir() and root.exists("config.json"):  # read inside the model's root
         config: dict[str, Any] = root.read_json("config.json")

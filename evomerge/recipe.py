@@ -33,6 +33,7 @@ from typing import Any, TypeAlias
 import yaml
 
 from evomerge.errors import RecipeError, preview, preview_key
+from evomerge.vocabulary import TokenizerSpec, parse_tokenizer
 from evomerge.yaml_limits import load_yaml, read_text_file
 
 Scalar: TypeAlias = bool | int | float | str
@@ -86,6 +87,7 @@ class Recipe:
     tokenizer_source: str | None = None
     random_seed: int | None = None
     drop_scheme: str | None = None  # None: torch_cpu (see merge/drops.py)
+    tokenizer: TokenizerSpec | None = None  # vocabulary merging (evomerge/vocabulary.py)
 
     def referenced_models(self) -> tuple[str, ...]:
         """Every model the recipe reads, base first, each once, in recipe order."""
@@ -111,6 +113,8 @@ class Recipe:
             ]
         if self.slices:
             out["slices"] = [_slice_to_dict(s) for s in self.slices]
+        if self.tokenizer is not None:
+            out["tokenizer"] = self.tokenizer.to_dict()
         return out
 
 
@@ -126,6 +130,7 @@ _TOP_KEYS = (
     "tokenizer_source",
     "random_seed",
     "drop_scheme",
+    "tokenizer",
 )
 DROP_SCHEMES = ("torch_cpu", "counter")  # merge/drops.py
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -152,10 +157,9 @@ def parse_recipe(data: Mapping[str, Any]) -> Recipe:
     """A mergekit-style mapping as a Recipe, its syntax checked; errors start with the key path."""
     _check_keys(data, _TOP_KEYS + _IGNORED_TOP_KEYS, "")
     method_name = _require_str(data, "merge_method", "")
-    if data.get("tokenizer_source") == "union":
+    if data.get("tokenizer_source") is not None and data.get("tokenizer") is not None:
         raise RecipeError(
-            "tokenizer_source: 'union' (vocabulary merging) is not supported; "
-            "use 'base' or a model whose tokenizer every source shares"
+            "tokenizer: give either tokenizer_source or a tokenizer section, not both"
         )
     for key in ("models", "slices"):
         if data.get(key) is not None and not isinstance(data[key], list):
@@ -172,6 +176,7 @@ def parse_recipe(data: Mapping[str, Any]) -> Recipe:
         tokenizer_source=_optional_str(data, "tokenizer_source", ""),
         random_seed=_optional_int(data, "random_seed"),
         drop_scheme=_optional_choice(data, "drop_scheme", DROP_SCHEMES),
+        tokenizer=parse_tokenizer(data.get("tokenizer")),
         models=tuple(
             _parse_model(m, f"models[{i}]") for i, m in enumerate(data.get("models") or ())
         ),

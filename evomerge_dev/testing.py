@@ -172,3 +172,33 @@ def write_tiny_tokenizer(out: Path, vocab_size: int) -> None:
         "model_max_length": 128,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+
+
+def make_tiny_lora(
+    path: str | Path,
+    base: Path,
+    *,
+    seed: int,
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj", "down_proj"),
+    safe_serialization: bool = True,
+    **lora: Any,
+) -> Path:
+    """A PEFT LoRA adapter of `base` with random (non-zero) A and B, saved to `path`.
+
+    Extra keywords go to peft.LoraConfig (r, lora_alpha, use_rslora, rank_pattern,
+    modules_to_save, ...). Same arguments, same bytes.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)  # PEFT draws A and B from torch's global generator
+    model = AutoModelForCausalLM.from_pretrained(base)
+    settings = {"r": 4, "lora_alpha": 8, **lora}
+    config = LoraConfig(target_modules=list(target_modules), init_lora_weights=False, **settings)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():  # updates of a fine-tune's size: s * B @ A about 1e-2
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name:
+                param.mul_(0.1)
+    peft_model.save_pretrained(str(path), safe_serialization=safe_serialization)
+    return Path(path)

@@ -58,6 +58,7 @@ class PSSpace:
     parameters: Mapping[str, Any] = field(default_factory=dict)  # global, e.g. normalize
     dtype: str | None = None
     random_seed: int = 0
+    tokenizer_source: str | None = None  # set when the sources' vocabularies differ
 
     def __post_init__(self) -> None:
         if self.method not in SEARCHABLE:
@@ -212,6 +213,7 @@ def decode(space: PSSpace, x: Sequence[float] | np.ndarray) -> Recipe:
         random_seed=space.random_seed,
         # counter-based drops: computed where the merge runs, nothing stored (merge/drops.py)
         drop_scheme="counter" if get_method(space.method).seeded else None,
+        tokenizer_source=space.tokenizer_source,
     )
 
 

@@ -189,11 +189,11 @@ def check_shapes(ref: str, config: Mapping[str, Any], tensors: Mapping[str, Tens
             )
 
 
-def check_compatible(layouts: Sequence[ModelLayout]) -> None:
-    """Every model must agree with the first on the keys that fix tensor shapes."""
+def check_compatible(layouts: Sequence[ModelLayout], ignore: tuple[str, ...] = ()) -> None:
+    """Every model must agree with the first on the keys that fix tensor shapes (but `ignore`)."""
     first = layouts[0]
     for other in layouts[1:]:
-        for key in COMPATIBILITY_KEYS:
+        for key in (k for k in COMPATIBILITY_KEYS if k not in ignore):
             a, b = first.config.get(key), other.config.get(key)
             if a != b:
                 raise MergeError(

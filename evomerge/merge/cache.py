@@ -16,6 +16,7 @@ import torch
 
 from evomerge.merge.architecture import ModelLayout, describe_model, read_config
 from evomerge.merge.io import CheckpointReader, resolve_model_dir
+from evomerge.merge.lora import open_source, split_adapter
 from evomerge.merge.methods import TaskVector
 from evomerge.merge.overlap import fault_in
 
@@ -61,8 +62,9 @@ class SourceCache:
         self._task_vector_bytes_used = 0
 
     def directory(self, ref: str) -> Path:
+        """The checkpoint directory of `ref` (BASE's, for a BASE+ADAPTER LoRA source)."""
         if ref not in self._dirs:
-            self._dirs[ref] = resolve_model_dir(ref)
+            self._dirs[ref] = resolve_model_dir(split_adapter(ref)[0])
         return self._dirs[ref]
 
     def layout(self, ref: str, *, allow_pickle: bool = False) -> ModelLayout:
@@ -70,7 +72,7 @@ class SourceCache:
         if ref not in self._layouts:
             directory = self.directory(ref)
             config = read_config(directory, ref)
-            reader = CheckpointReader.open(directory, allow_pickle=allow_pickle)
+            reader = open_source(ref, directory, allow_pickle=allow_pickle)
             self._readers[ref] = reader
             self._layouts[ref] = describe_model(ref, config, reader)
         return self._layouts[ref]

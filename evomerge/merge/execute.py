@@ -15,7 +15,8 @@ from evomerge.errors import MergeError, preview
 from evomerge.merge.architecture import check_compatible
 from evomerge.merge.cache import SourceCache
 from evomerge.merge.drops import CounterDraws
-from evomerge.merge.io import ShardedWriter
+from evomerge.merge.io import ShardedWriter, resolve_model_dir
+from evomerge.merge.lora import split_adapter
 from evomerge.merge.methods import MergeArgs, TaskVector
 from evomerge.merge.output import check_extras, write_extras
 from evomerge.merge.overlap import BackgroundWriter, read_ahead, torch_threads
@@ -23,6 +24,7 @@ from evomerge.merge.plan import MergePlan, TensorJob, plan_merge
 from evomerge.merge.recipe_checks import check_distinct_models, check_recipe
 from evomerge.merge.sparsify import RandomDraws
 from evomerge.merge.staging import Staging, check_out_dir
+from evomerge.merge.vocab import VOCAB_TENSORS, build_vocabulary, permute_rows, tokenizer_spec
 from evomerge.recipe import Recipe
 
 DTYPES = {
@@ -149,14 +151,22 @@ def _device(options: MergeOptions) -> torch.device:
     return torch.device(options.device)
 
 
+def _identity(cache: SourceCache, ref: str) -> str:
+    """What makes two references the same model: the real directories (BASE's and ADAPTER's)."""
+    adapter = split_adapter(ref)[1]
+    base = os.path.realpath(cache.directory(ref))
+    return base if adapter is None else f"{base}+{os.path.realpath(resolve_model_dir(adapter))}"
+
+
 def _plan(recipe: Recipe, cache: SourceCache, options: MergeOptions) -> MergePlan:
     refs = check_recipe(recipe).referenced_models()
-    check_distinct_models(recipe, lambda ref: os.path.realpath(cache.directory(ref)))
+    check_distinct_models(recipe, lambda ref: _identity(cache, ref))
     layouts = {ref: cache.layout(ref, allow_pickle=options.allow_pickle) for ref in refs}
-    check_compatible([layouts[ref] for ref in refs])
-    if recipe.tokenizer_source not in (None, "base"):
-        cache.directory(recipe.tokenizer_source)  # a missing tokenizer model fails before work
-    return plan_merge(recipe, layouts)
+    merges_vocabularies = tokenizer_spec(recipe) is not None
+    check_compatible([layouts[ref] for ref in refs], ("vocab_size",) if merges_vocabularies else ())
+    sizes = {ref: int(layout.config.get("vocab_size") or 0) for ref, layout in layouts.items()}
+    vocabulary = build_vocabulary(recipe, cache.directory, sizes)  # reads tokenizers only
+    return plan_merge(recipe, layouts, vocabulary)
 
 
 def _out_dtype_name(plan: MergePlan, options: MergeOptions) -> str | None:
@@ -208,6 +218,8 @@ def run_job(
     round block by block, never holding the whole tensor in float32). Not checked for NaN.
     """
     tensors = [cache.tensor(inp.model, inp.name, device) for inp in job.inputs]
+    if plan.vocabulary is not None and job.name in VOCAB_TENSORS:  # rows laid out by token
+        tensors = permute_rows(plan.vocabulary, job.name, [i.model for i in job.inputs], tensors)
     if not all(t.is_floating_point() for t in tensors):
         return _agreed_buffer(job, tensors)
     if plan.method.entrywise and tensors[0].dim() > 0 and tensors[0].numel() > BLOCK:

@@ -91,7 +91,16 @@ class CheckpointReader:
     @classmethod
     def open(cls, directory: Path, *, allow_pickle: bool = False) -> CheckpointReader:
         root = ModelRoot.of(directory)
-        files = _weight_files(root)
+        return cls.open_files(directory, _weight_files(root), allow_pickle=allow_pickle)
+
+    @classmethod
+    def open_files(
+        cls, directory: Path, files: list[Path], *, allow_pickle: bool = False
+    ) -> CheckpointReader:
+        """The tensors of the given weight files of `directory` (e.g. a PEFT adapter's), each
+        resolved inside the directory's root."""
+        root = ModelRoot.of(directory)
+        files = [root.resolve(f) for f in files]
         if files[0].suffix == ".bin":
             if not allow_pickle:
                 raise MergeError(

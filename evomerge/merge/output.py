@@ -7,6 +7,7 @@ from pathlib import Path
 
 from evomerge.merge.architecture import output_config
 from evomerge.merge.cache import SourceCache
+from evomerge.merge.card import render_card
 from evomerge.merge.confine import ModelRoot
 from evomerge.merge.io import copy_files
 from evomerge.merge.plan import MergePlan
@@ -35,12 +36,12 @@ def check_extras(plan: MergePlan, cache: SourceCache) -> None:
 
 
 def _extras(plan: MergePlan, cache: SourceCache) -> list[tuple[Path, tuple[str, ...]]]:
-    source = plan.recipe.tokenizer_source
-    tokenizer_ref = plan.reference if source in (None, "base") else source
-    return [
-        (cache.directory(tokenizer_ref), TOKENIZER_FILES),
-        (cache.directory(plan.reference), TAGALONG_FILES),
-    ]
+    extras: list[tuple[Path, tuple[str, ...]]] = [(cache.directory(plan.reference), TAGALONG_FILES)]
+    if plan.vocabulary is None:  # a merged vocabulary writes its own tokenizer
+        source = plan.recipe.tokenizer_source
+        tokenizer_ref = plan.reference if source in (None, "base") else source
+        extras.insert(0, (cache.directory(tokenizer_ref), TOKENIZER_FILES))
+    return extras
 
 
 def write_extras(
@@ -50,6 +51,9 @@ def write_extras(
     layer_sources = [(cache.layout(model), layer) for model, layer in plan.layer_sources]
     dtype = dtype_name or str(plan.jobs[0].dtype).removeprefix("torch.")
     config = output_config(reference, layer_sources, dtype)
+    if plan.vocabulary is not None:  # merged vocabulary: its rows and its tokenizer
+        config["vocab_size"] = plan.vocabulary.rows
+        plan.vocabulary.tokenizer.save_pretrained(str(out))
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for directory, names in _extras(plan, cache):
         copy_files(directory, out, names)
@@ -58,10 +62,10 @@ def write_extras(
 
 def model_card(plan: MergePlan) -> str:
     recipe = plan.recipe
-    models = "\n".join(f"- {ref}" for ref in recipe.referenced_models())
-    return (
-        "---\nlibrary_name: transformers\ntags:\n- merge\n- evomerge\n---\n"
-        f"# Merged model\n\nMerged with evomerge (`python -m evomerge merge`) using "
-        f"`{recipe.merge_method}`. The recipe below reproduces it.\n\n## Source models\n\n{models}\n\n"
-        f"## Recipe\n\n```yaml\n{dump_recipe(recipe)}```\n"
+    return render_card(
+        models=recipe.referenced_models(),
+        methods=[recipe.merge_method],
+        intro=f"Merged with evomerge (`python -m evomerge merge`) using `{recipe.merge_method}`. "
+        "The recipe below reproduces it.",
+        recipe_yaml=dump_recipe(recipe),
     )

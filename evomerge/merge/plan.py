@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from evomerge.errors import MergeError, RecipeError, preview
-from evomerge.merge.architecture import ModelLayout, layer_tensor, writes_residual
+from evomerge.merge.architecture import EMBED, LM_HEAD, ModelLayout, layer_tensor, writes_residual
 from evomerge.merge.methods import REQUIRED, Method, Param, get_method
 from evomerge.recipe import Parameters, Recipe, resolve_value
 
@@ -55,6 +55,7 @@ class MergePlan:
     jobs: tuple[TensorJob, ...]
     reference: str  # model whose config and global tensor layout the output copies
     layer_sources: tuple[tuple[str, int], ...]  # per output layer: (model, source layer)
+    vocabulary: Any = None  # merge/vocab.py's Vocabulary when the recipe merges vocabularies
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,13 @@ class _Segment:
     has_base: bool = False  # the last input is the base model
 
 
-def plan_merge(recipe: Recipe, layouts: Mapping[str, ModelLayout]) -> MergePlan:
-    """Every output tensor's job; raises on missing tensors, shape or range mismatches."""
+def plan_merge(
+    recipe: Recipe, layouts: Mapping[str, ModelLayout], vocabulary: Any = None
+) -> MergePlan:
+    """Every output tensor's job; raises on missing tensors, shape or range mismatches.
+
+    With a `vocabulary` (merge/vocab.py), the embeddings and head have its rows, whatever
+    each source's vocabulary size."""
     method = get_method(recipe.merge_method)
     segments = _segments(recipe, method, layouts)
     reference = recipe.base_model or segments[0].inputs[0].model
@@ -101,7 +107,16 @@ def plan_merge(recipe: Recipe, layouts: Mapping[str, ModelLayout]) -> MergePlan:
                 jobs.append(job)
             layer_sources.append((first.model, first.layer_start + offset))
     jobs += [_job(recipe, method, layouts, segments[-1], n, n, None, 0.0) for n in post]
-    return MergePlan(recipe, method, tuple(jobs), reference, tuple(layer_sources))
+    if vocabulary is not None:
+        jobs = [_vocabulary_rows(job, vocabulary.rows) for job in jobs]
+    return MergePlan(recipe, method, tuple(jobs), reference, tuple(layer_sources), vocabulary)
+
+
+def _vocabulary_rows(job: TensorJob, rows: int) -> TensorJob:
+    """The embeddings and head take the merged vocabulary's row count."""
+    if job.name not in (EMBED, LM_HEAD):
+        return job
+    return replace(job, shape=(rows, *job.shape[1:]))
 
 
 def _segments(recipe: Recipe, method: Method, layouts: Mapping[str, ModelLayout]) -> list[_Segment]:
@@ -178,8 +193,13 @@ def _job(
             )
         inputs.append(TensorInput(item.model, stored))
     infos = [layouts[i.model].tensors[i.name] for i in inputs]
+    # merged vocabularies: rows are aligned by token later (merge/vocab.py); widths must agree
+    aligned = out_name in (EMBED, LM_HEAD) and (
+        recipe.tokenizer is not None or recipe.tokenizer_source is not None
+    )
+    skip = 1 if aligned else 0
     for inp, info in zip(inputs[1:], infos[1:], strict=True):
-        if info.shape != infos[0].shape:
+        if info.shape[skip:] != infos[0].shape[skip:]:
             raise MergeError(
                 f"shape mismatch for {out_name}: {preview(inputs[0].model)} has {inputs[0].name} "
                 f"{list(infos[0].shape)}, {preview(inp.model)} has {inp.name} {list(info.shape)}"

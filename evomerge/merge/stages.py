@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import MergeError, RecipeError, preview
+from evomerge.merge.card import render_card
 from evomerge.merge.execute import MergeOptions, merge_to_disk
 from evomerge.merge.recipe_checks import check_recipe
 from evomerge.merge.staging import Staging, check_out_dir
@@ -175,13 +176,13 @@ def _card(stages: Sequence[Stage]) -> str:
         {ref for s in stages for ref in s.recipe.referenced_models()}
         - {s.name for s in stages if s.name is not None}
     )
-    listed = "\n".join(f"- {ref}" for ref in models)
-    return (
-        "---\nlibrary_name: transformers\ntags:\n- merge\n- evomerge\n---\n"
-        f"# Merged model\n\nMerged with evomerge (`python -m evomerge merge`) in {len(stages)} "
-        f"stages; each stage names its result, which later stages use as a model. The recipe "
-        f"below reproduces it.\n\n## Source models\n\n{listed}\n\n"
-        f"## Recipe\n\n```yaml\n{dump_stages(stages)}```\n"
+    return render_card(
+        models=models,
+        methods=[s.recipe.merge_method for s in stages],
+        intro=f"Merged with evomerge (`python -m evomerge merge`) in {len(stages)} stages; each "
+        "stage names its result, which later stages use as a model. The recipe below "
+        "reproduces it.",
+        recipe_yaml=dump_stages(stages),
     )
 
 

@@ -1,51 +1,93 @@
 """`python -m evomerge export results/<run> [--trial N] [--out DIR] [--device cpu|cuda]`:
 materialize the run's best recipe (results/<run>/best_recipe.yaml), or the candidate of any
-scored trial (e.g. a member of a multi-objective run's front), as a Hugging Face checkpoint."""
+scored trial (e.g. a member of a multi-objective run's front), as a Hugging Face checkpoint
+whose model card says where it came from (task, scores, candidates evaluated, sources, recipe,
+version)."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import yaml
 from optuna.trial import TrialState
 
 from evomerge.errors import SearchError
 from evomerge.merge import MergeOptions, merge_to_disk
-from evomerge.recipe import Recipe, load_recipe
+from evomerge.merge.card import render_card
+from evomerge.recipe import Recipe, dump_recipe, load_recipe
 
 
 def export_run(
     run_dir: Path, out: Path | None = None, *, device: str = "cpu", trial: int | None = None
 ) -> Path:
     """Merge the best recipe of a run, or trial `trial`'s, to `out` (default
-    `<run_dir>/best_model` or `<run_dir>/trial_<N>_model`)."""
+    `<run_dir>/best_model` or `<run_dir>/trial_<N>_model`).
+
+    The checkpoint is merged beside `out` and renamed into place with its card, so a failed
+    export leaves nothing at `out`.
+    """
+    summary = _read_summary(run_dir)
     if trial is not None:
         recipe = trial_recipe(run_dir, trial)
-        return merge_to_disk(
-            recipe, out or run_dir / f"trial_{trial}_model", MergeOptions(device=device)
-        )
-    recipe_path = run_dir / "best_recipe.yaml"
-    if not recipe_path.is_file():
-        raise SearchError(
-            f"{run_dir}: no best_recipe.yaml; is this a search run directory with a "
-            "completed candidate? (python -m evomerge search writes one)"
-        )
-    recipe = load_recipe(recipe_path)
-    return merge_to_disk(recipe, out or run_dir / "best_model", MergeOptions(device=device))
+        summary = trial_summary(run_dir, trial, summary)
+        target = out or run_dir / f"trial_{trial}_model"
+    else:
+        recipe_path = run_dir / "best_recipe.yaml"
+        if not recipe_path.is_file():
+            raise SearchError(
+                f"{run_dir}: no best_recipe.yaml; is this a search run directory with a "
+                "completed candidate? (python -m evomerge search writes one)"
+            )
+        recipe = load_recipe(recipe_path)
+        target = out or run_dir / "best_model"
+    if target.exists():
+        raise SearchError(f"{target}: already exists; choose a new --out or remove it first")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".export", dir=target.parent))
+    try:
+        merged = merge_to_disk(recipe, work / "model", MergeOptions(device=device))
+        card = run_card(recipe, _read_yaml(run_dir / "config.yaml"), summary)
+        (merged / "README.md").write_text(card, encoding="utf-8")
+        merged.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
 
 
 def trial_recipe(run_dir: Path, number: int) -> Recipe:
     """The recipe of a scored trial, decoded from its genome in the run's own space."""
-    import yaml
-
     from evomerge.search.config import search_config
     from evomerge.search.loop import genome_recipe
-    from evomerge.search.report import open_run
     from evomerge.search.space import build_space
 
-    study = open_run(run_dir)
-    trials = study.get_trials(deepcopy=False)
+    t = _scored_trial(run_dir, number)
+    cfg = search_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    return genome_recipe(build_space(cfg), t)
+
+
+def trial_summary(run_dir: Path, number: int, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's summary with trial `number`'s own scores (no held-out test: the run scored
+    its best trial only)."""
+    t = _scored_trial(run_dir, number)
+    fitness = t.values[0] if len(t.values) == 1 else list(t.values)
+    rest = {k: v for k, v in summary.items() if k != "test_metrics"}
+    return rest | {
+        "exported_trial": number,
+        "fitness": fitness,
+        "fitness_metrics": t.user_attrs.get("metrics"),
+    }
+
+
+def _scored_trial(run_dir: Path, number: int) -> Any:
+    from evomerge.search.report import open_run
+
+    trials = open_run(run_dir).get_trials(deepcopy=False)
     found = [t for t in trials if t.number == number]
     if not found:
         raise SearchError(
@@ -58,8 +100,83 @@ def trial_recipe(run_dir: Path, number: int) -> Recipe:
             f"--trial {number}: the trial is {t.state.name}{f' ({reason[:60]})' if reason else ''}"
             "; only scored (COMPLETE) trials export"
         )
-    cfg = search_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    return genome_recipe(build_space(cfg), t)
+    return t
+
+
+def run_card(recipe: Recipe, config: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    """The exported winner's model card: the merge card plus the search that found it."""
+    return render_card(
+        models=recipe.referenced_models(),
+        methods=[recipe.merge_method],
+        intro="Found by an evolutionary search of merge recipes with evomerge "
+        "(`python -m evomerge search`, after Akiba et al., 2024), then merged by "
+        "`python -m evomerge export`. The recipe below reproduces it "
+        "(`python -m evomerge merge recipe.yaml OUT_DIR`).",
+        recipe_yaml=dump_recipe(recipe),
+        sections=provenance(config, summary),
+    )
+
+
+def provenance(config: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, str]:
+    """Card sections from the run's config.yaml and summary.json (whatever they hold)."""
+    task, models = config.get("task") or {}, config.get("models") or {}
+    space, optimizer = config.get("space") or {}, config.get("optimizer") or {}
+    search = [
+        f"- run: `{summary.get('run', config.get('run', '?'))}`",
+        f"- task: `{task.get('name', '?')}`; fitness: "
+        + ", ".join(
+            f"{f.get('weight', 1.0)} x `{f.get('task')}` {f.get('metric')}"
+            for f in task.get("fitness") or []
+        ),
+        f"- search space: `{space.get('kind', space.get('name', '?'))}`, merge method "
+        f"`{space.get('method', '?')}`; optimizer `{optimizer.get('sampler', '?')}`",
+        f"- candidates evaluated: {summary.get('trials', '?')} "
+        f"({summary.get('failed', 0)} failed); best: trial {summary.get('best_trial', '?')}"
+        + (
+            f"; this model: trial {summary['exported_trial']}"
+            if "exported_trial" in summary
+            else ""
+        ),
+    ]
+    sources = [f"- base model: `{models.get('base_model')}`"] if models.get("base_model") else []
+    sources += [f"- `{name}`: `{ref}`" for name, ref in (models.get("sources") or {}).items()]
+    rows = _score_rows("fitness", summary.get("fitness_metrics"))
+    rows += _score_rows("test (held out)", summary.get("test_metrics"))
+    scores = "| split | task | metric | score |\n|---|---|---|---|\n" + "\n".join(rows)
+    out = {"Search": "\n".join(search)}
+    if rows:
+        out["Scores"] = f"Fitness: {summary.get('fitness')!r}.\n\n{scores}"
+    if sources:
+        out["Base and sources (as configured)"] = "\n".join(sources)
+    return out
+
+
+def _score_rows(split: str, metrics: Any) -> list[str]:
+    if not isinstance(metrics, Mapping):
+        return []
+    return [
+        f"| {split} | `{task}` | {metric} | {value:.4g} |"
+        for task, values in metrics.items()
+        if isinstance(values, Mapping)
+        for metric, value in values.items()
+        if isinstance(value, int | float)
+    ]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "summary.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError as e:
+        raise SearchError(f"{path}: not valid JSON ({e})") from None
+    return data if isinstance(data, dict) else {}
 
 
 def main(argv: Sequence[str]) -> int:

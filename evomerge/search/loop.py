@@ -25,6 +25,7 @@ from evomerge.errors import EvomergeError, MergeError, RecipeError
 from evomerge.evaluate import CandidateFailed, Results, TaskSet, load_tasks, make_backend
 from evomerge.genome import GenomeSpace
 from evomerge.merge import MergeOptions, SourceCache
+from evomerge.merge.lora import split_adapter
 from evomerge.merge.stages import dump_stages
 from evomerge.recipe import Recipe, dump_recipe
 from evomerge.search.config import SearchConfig
@@ -236,7 +237,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def make_scorer(cfg: SearchConfig, space: GenomeSpace) -> CandidateScorer:
-    template = space.template_model
+    template = split_adapter(space.template_model)[0]  # a LoRA source: its base's architecture
     backend = make_backend(template, cfg.evaluator, host_device=cfg.merge_on)
     tasks = load_tasks(cfg.task.goals.tasks, cfg.evaluator, extra_paths=cfg.task.include)
     options = MergeOptions(device=cfg.merge_on, random_seed=cfg.seed, progress=False)

@@ -137,7 +137,10 @@ BAD = [
     ("merge_method: slerp\nbase_model: a\nmodels: [{model: a}, {model: b}]", "parameters.t: required by slerp"),
     ("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\ndtype: float8", "dtype: must be one of"),
     ("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\nmodles: []", "modles: unknown key"),
-    ("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\ntokenizer_source: union", "tokenizer_source: 'union'"),
+    ("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\ntokenizer_source: union\ntokenizer: {source: base}", "tokenizer: give either tokenizer_source or a tokenizer section"),
+    ("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\ntokenizer: {tokens: {x: {source: {kind: model_token, model: a}}}}", "tokenizer.tokens['x'].source: give exactly one of token and token_id"),
+    ("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\ntokenizer: {pad_to_multiple_of: 0}", "tokenizer.pad_to_multiple_of: must be a positive integer, got 0"),
+    ("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\ntokenizer: {tokens: {x: {source: {kind: mean}}}}", "tokenizer.tokens['x'].source.kind: must be model_token or zero, got 'mean'"),
 ]  # fmt: skip
 
 
@@ -228,3 +231,22 @@ def test_syntax_alone_leaves_the_method_to_check_recipe() -> None:
         check_recipe(recipe)
     with pytest.raises(RecipeError, match="merge_method: unknown merge method 'tie'"):
         check_recipe(load_recipe("merge_method: tie\nmodels: [{model: a}]\n"))
+
+
+def test_tokenizer_section_round_trips() -> None:
+    text = """
+merge_method: linear
+models: [{model: a, parameters: {weight: 1}}, {model: b, parameters: {weight: 1}}]
+tokenizer:
+  source: union
+  pad_to_multiple_of: 8
+  tokens:
+    <|im_start|>: {source: b}
+    <|im_end|>: {source: {kind: model_token, model: b, token: </s>}}
+    <x>: {source: {kind: model_token, model: a, token_id: 3}, force: true}
+    <pad>: {source: {kind: zero}}
+"""
+    recipe = load_recipe(text)
+    assert recipe.tokenizer is not None and recipe.tokenizer.pad_to_multiple_of == 8
+    assert recipe.tokenizer.tokens["<x>"].force
+    assert load_recipe(dump_recipe(recipe)) == recipe

@@ -1,5 +1,6 @@
 """export and report on a finished run; the progress bar's fields."""
 
+import json
 import subprocess
 import sys
 
@@ -8,8 +9,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+import evomerge
 from evomerge.config import compose, dump_config
 from evomerge.errors import SearchError
+from evomerge.merge.card import read_front_matter
+from evomerge.recipe import load_recipe
 from evomerge.search.config import search_config
 from evomerge.search.export import export_run
 from evomerge.search.loop import progress_fields, run_search
@@ -55,7 +59,24 @@ def test_export_materializes_the_best_recipe(run_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)
     logits = model(torch.tensor([[1, 2, 3]])).logits
     assert torch.isfinite(logits).all()
-    assert "merge_method: dare_ties" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "merge_method: dare_ties" in card
+    # the card says where the model came from, in the form the Hub reads
+    meta = read_front_matter(card)
+    assert meta["library_name"] == "transformers"
+    assert meta["tags"][:2] == ["merge", "evomerge"] and "dare_ties" in meta["tags"]
+    assert "base_model" not in meta  # the toy family is local: named in the text only
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert f"candidates evaluated: 5 (0 failed); best: trial {summary['best_trial']}" in card
+    test_acc = summary["test_metrics"]["toy_mgsm_ja"]["acc"]
+    assert f"| test (held out) | `toy_mgsm_ja` | acc | {test_acc:.4g} |" in card
+    assert "task: `toy_mgsm_ja`; fitness: 1.0 x `toy_mgsm_ja_fit` acc" in card
+    assert "- base model: `toy:base`" in card and "- `math_en`: `toy:math_en`" in card
+    assert f"evomerge {evomerge.__version__}" in card
+    recipe_text = card.split("```yaml\n")[1].split("```")[0]
+    assert load_recipe(recipe_text) == load_recipe(run_dir / "best_recipe.yaml")
+    with pytest.raises(SearchError, match="already exists"):
+        export_run(run_dir, out)
 
 
 def test_commands_refuse_a_directory_that_is_not_a_run(tmp_path):

@@ -1,0 +1,287 @@
+"""LoRA adapters as merge sources: `model: BASE+ADAPTER`, mergekit's syntax.
+
+ADAPTER is a PEFT LoRA adapter (a directory or Hub id holding `adapter_config.json` and
+`adapter_model.safetensors`). Its update is applied to each base tensor as that tensor is read,
+so nothing is materialized beforehand (mergekit merges the whole adapter model into its
+`--lora-merge-cache` first): for a module with factors A (r x in) and B (out x r),
+
+    W' = W + s * B @ A,    s = lora_alpha / r   (lora_alpha / sqrt(r) with use_rslora)
+
+with `r` and `lora_alpha` per module from `rank_pattern` / `alpha_pattern` (Hu et al., 2021;
+PEFT's merge_and_unload). Embeddings store the product transposed. A tensor the adapter
+saved whole (`modules_to_save`, or an embedding's `base_layer`) replaces the base's. The update
+is computed in float32 (PEFT upcasts half-precision adapters when loading them) and the sum
+rounded to the base tensor's dtype once; an embedding's update is rounded before the addition.
+Both as PEFT's merge does, so a half-precision base gives PEFT's merged tensors bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evomerge.errors import MergeError, preview
+from evomerge.merge.confine import ModelRoot
+from evomerge.merge.io import CheckpointReader, TensorInfo, resolve_model_dir
+
+SEPARATOR = "+"
+ADAPTER_CONFIG = "adapter_config.json"
+SAFE_WEIGHTS = "adapter_model.safetensors"
+PICKLE_WEIGHTS = "adapter_model.bin"
+PREFIX = "base_model.model."  # PEFT's prefix of every saved tensor name
+# Saved-name suffix -> (factor, whether the product is stored transposed: embeddings).
+_FACTORS = {
+    ".lora_A.weight": ("A", False),
+    ".lora_B.weight": ("B", False),
+    ".lora_embedding_A": ("A", True),
+    ".lora_embedding_B": ("B", True),
+}
+_BASE_LAYER = ".base_layer.weight"
+# PEFT features whose merge is not W + s * B @ A: refused by name rather than merged wrongly.
+_UNSUPPORTED_CONFIG = {
+    "use_dora": "DoRA (use_dora)",
+    "lora_bias": "LoRA biases (lora_bias)",
+    "layer_replication": "layer_replication",
+    "trainable_token_indices": "trainable_token_indices",
+    "target_parameters": "target_parameters",
+}
+
+
+def split_adapter(ref: str) -> tuple[str, str | None]:
+    """`BASE+ADAPTER` -> (BASE, ADAPTER); a plain reference -> (ref, None)."""
+    if SEPARATOR not in ref:
+        return ref, None
+    parts = ref.split(SEPARATOR)
+    if len(parts) != 2 or not all(parts):
+        raise MergeError(
+            f"model {preview(ref)}: a LoRA source is BASE+ADAPTER (one '+', both parts non-empty)"
+        )
+    return parts[0], parts[1]
+
+
+@dataclass(frozen=True)
+class LoraUpdate:
+    """The low-rank update of one base tensor: adapter tensor names and the scaling s."""
+
+    lora_a: str
+    lora_b: str
+    scaling: float
+    transposed: bool  # embeddings (and fan_in_fan_out layers) hold (B @ A).T
+    embedding: bool  # PEFT rounds an embedding's update to the weight's dtype before adding
+
+
+@dataclass(frozen=True)
+class Adapter:
+    ref: str  # the whole BASE+ADAPTER reference, for messages
+    reader: CheckpointReader
+    config: Mapping[str, Any]
+    updates: Mapping[str, LoraUpdate]  # base tensor name -> its update
+    replacements: Mapping[str, str]  # base tensor name -> adapter tensor saved whole
+
+
+def open_source(ref: str, directory: Path, *, allow_pickle: bool = False) -> CheckpointReader:
+    """The reader of a model reference: the checkpoint in `directory` (BASE's for a LoRA
+    source), with ADAPTER's update applied per tensor when `ref` is BASE+ADAPTER."""
+    reader = CheckpointReader.open(directory, allow_pickle=allow_pickle)
+    adapter_ref = split_adapter(ref)[1]
+    if adapter_ref is None:
+        return reader
+    adapter = read_adapter(ref, resolve_model_dir(adapter_ref), allow_pickle=allow_pickle)
+    check_fits(adapter, reader)
+    return AdaptedReader(reader, adapter)
+
+
+def read_adapter(ref: str, directory: Path, *, allow_pickle: bool = False) -> Adapter:
+    """Parse a PEFT LoRA adapter directory (config and tensor headers; no weights read)."""
+    config = _read_config(ref, directory)
+    safe, pickled = directory / SAFE_WEIGHTS, directory / PICKLE_WEIGHTS
+    if safe.is_file():
+        reader = CheckpointReader.open_files(directory, [safe])
+    elif pickled.is_file() and not allow_pickle:
+        raise MergeError(
+            f"model {preview(ref)}: the adapter has only {PICKLE_WEIGHTS}, a pickle that can run code "
+            "when loaded; convert it to safetensors, or pass --allow-pickle"
+        )
+    elif pickled.is_file():
+        reader = CheckpointReader.open_files(directory, [pickled], allow_pickle=True)
+    else:
+        raise MergeError(
+            f"model {preview(ref)}: no {SAFE_WEIGHTS} in adapter directory {directory}"
+        )
+    updates, replacements = _parse_tensors(ref, config, reader)
+    return Adapter(ref, reader, config, updates, replacements)
+
+
+def _read_config(ref: str, directory: Path) -> dict[str, Any]:
+    root = ModelRoot.of(directory)  # the adapter is a model root of its own
+    path = directory / ADAPTER_CONFIG
+    if not root.exists(ADAPTER_CONFIG):
+        raise MergeError(
+            f"model {preview(ref)}: no {ADAPTER_CONFIG} in {directory}; the part after '+' must be "
+            "a PEFT LoRA adapter"
+        )
+    config = root.read_json(ADAPTER_CONFIG)  # inside the root; errors never quote contents
+    if not isinstance(config, dict):
+        raise MergeError(f"model {preview(ref)}: {path} must hold a JSON object")
+    if config.get("peft_type") != "LORA":
+        raise MergeError(
+            f"model {preview(ref)}: adapter peft_type is {preview(config.get('peft_type'))}; only LORA "
+            "adapters can be merged"
+        )
+    for key, what in _UNSUPPORTED_CONFIG.items():
+        if config.get(key):
+            raise MergeError(
+                f"model {preview(ref)}: the adapter uses {what}, which is not supported"
+            )
+    for key in ("r", "lora_alpha"):
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise MergeError(
+                f"model {preview(ref)}: {path} {key} must be a positive number, got {preview(value)}"
+            )
+    return config
+
+
+def _parse_tensors(
+    ref: str, config: Mapping[str, Any], reader: CheckpointReader
+) -> tuple[dict[str, LoraUpdate], dict[str, str]]:
+    """(updates, replacements) keyed by the base tensor each one changes."""
+    factors: dict[str, dict[str, str]] = {}
+    transposed: dict[str, bool] = {}
+    replacements: dict[str, str] = {}
+    for name in reader.names():
+        if not name.startswith(PREFIX):
+            raise MergeError(
+                f"model {preview(ref)}: adapter tensor {name} is not named like a PEFT LoRA tensor "
+                f"({PREFIX}...)"
+            )
+        key = name.removeprefix(PREFIX)
+        suffix = next((s for s in _FACTORS if key.endswith(s)), None)
+        if suffix is not None:
+            module = key.removesuffix(suffix)
+            factor, transposed[module] = _FACTORS[suffix]
+            factors.setdefault(module, {})[factor] = name
+        elif key.endswith(_BASE_LAYER):
+            replacements[key.removesuffix(_BASE_LAYER) + ".weight"] = name
+        elif "lora_" in key or "magnitude" in key or "trainable_tokens" in key:
+            raise MergeError(
+                f"model {preview(ref)}: adapter tensor {name} is of an unsupported kind"
+            )
+        else:  # modules_to_save: the module's tensors saved whole
+            replacements[key] = name
+    updates = {}
+    for module, pair in factors.items():
+        if set(pair) != {"A", "B"}:
+            raise MergeError(
+                f"model {preview(ref)}: adapter has lora_A or lora_B of {module} alone"
+            )
+        updates[module + ".weight"] = _update(ref, config, reader, module, pair, transposed[module])
+    if not updates and not replacements:
+        raise MergeError(f"model {preview(ref)}: the adapter holds no LoRA tensors")
+    return updates, replacements
+
+
+def _update(
+    ref: str,
+    config: Mapping[str, Any],
+    reader: CheckpointReader,
+    module: str,
+    pair: Mapping[str, str],
+    embedding: bool,
+) -> LoraUpdate:
+    a, b = reader.info(pair["A"]).shape, reader.info(pair["B"]).shape
+    r = _pattern_value(config.get("rank_pattern") or {}, module, config["r"])
+    alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config["lora_alpha"])
+    if len(a) != 2 or len(b) != 2 or a[0] != r or b[1] != r:
+        raise MergeError(
+            f"model {preview(ref)}: adapter factors of {module} have shapes A {list(a)}, B {list(b)}; "
+            f"expected rank {r} (r / rank_pattern in {ADAPTER_CONFIG})"
+        )
+    scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+    flip = embedding or bool(config.get("fan_in_fan_out"))
+    return LoraUpdate(pair["A"], pair["B"], scaling, flip, embedding)
+
+
+def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
+    """PEFT's per-module override: the first pattern that matches the module name's end."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return value
+    return default
+
+
+def check_fits(adapter: Adapter, base: CheckpointReader) -> None:
+    """Every tensor the adapter changes exists in the base with the shape of the change."""
+    targets = adapter.config.get("target_modules")
+    for target, update in adapter.updates.items():
+        a = adapter.reader.info(update.lora_a).shape
+        b = adapter.reader.info(update.lora_b).shape
+        shape: tuple[int, ...] = (a[1], b[0]) if update.transposed else (b[0], a[1])
+        _check_target(adapter, base, target, shape, f"target_modules {targets}")
+    for target, stored in adapter.replacements.items():
+        shape = adapter.reader.info(stored).shape
+        _check_target(adapter, base, target, shape, "modules_to_save")
+
+
+def _check_target(
+    adapter: Adapter, base: CheckpointReader, target: str, shape: tuple[int, ...], what: str
+) -> None:
+    base_ref = split_adapter(adapter.ref)[0]
+    if target not in base:
+        raise MergeError(
+            f"model {preview(adapter.ref)}: the adapter changes {target}, which base {preview(base_ref)} does "
+            f"not have ({what} do not fit this base: an adapter for another architecture?)"
+        )
+    if base.info(target).shape != shape:
+        raise MergeError(
+            f"model {preview(adapter.ref)}: the adapter changes {target} with shape {list(shape)}, but "
+            f"base {preview(base_ref)} has {list(base.info(target).shape)} (an adapter of another base "
+            "model, or one that resized the vocabulary?)"
+        )
+
+
+class AdaptedReader(CheckpointReader):
+    """A base checkpoint seen through a LoRA adapter: each tensor is read with its update."""
+
+    def __init__(self, base: CheckpointReader, adapter: Adapter):
+        super().__init__(base.directory, {}, {})
+        self.base = base
+        self.adapter = adapter
+
+    def names(self) -> list[str]:
+        return self.base.names()
+
+    def info(self, name: str) -> TensorInfo:
+        return self.base.info(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.base
+
+    def read(self, name: str) -> torch.Tensor:
+        dtype = self.base.info(name).dtype
+        stored = self.adapter.replacements.get(name)
+        tensor = self.adapter.reader.read(stored).to(dtype) if stored else self.base.read(name)
+        update = self.adapter.updates.get(name)
+        return tensor if update is None else apply_update(tensor, update, self.adapter.reader)
+
+
+def apply_update(
+    weight: torch.Tensor, update: LoraUpdate, reader: CheckpointReader
+) -> torch.Tensor:
+    """W + s * B @ A, computed as PEFT's merge does (float32 at least, one rounding)."""
+    a, b = reader.read(update.lora_a), reader.read(update.lora_b)
+    compute = torch.promote_types(a.dtype, torch.float32)
+    delta = b.to(compute) @ a.to(compute)  # (out, r) @ (r, in)
+    if update.transposed:
+        delta = delta.T
+    delta = delta * update.scaling
+    if update.embedding:  # PEFT's Embedding.merge: weight += delta.to(weight.dtype)
+        return weight + delta.to(weight.dtype)
+    wide = torch.promote_types(weight.dtype, delta.dtype)
+    return (weight.to(wide) + delta).to(weight.dtype)
