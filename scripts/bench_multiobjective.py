@@ -25,7 +25,7 @@ from typing import Any
 
 import optuna
 
-from evomerge.config import compose
+from evomerge.config import compose, dump_config
 from evomerge.search.config import search_config
 from evomerge.search.front import hypervolume_at
 from evomerge.search.loop import run_search
@@ -36,8 +36,10 @@ MARGIN = 0.02  # the goal: within 2 points of the single-objective winner on the
 
 
 def run(out: Path, name: str, overrides: list[str]) -> dict[str, Any]:
-    cfg = search_config(compose("search", [f"results_dir={out}", f"run={name}", *overrides]))
+    raw = compose("search", [f"results_dir={out}", f"run={name}", *overrides])
+    cfg = search_config(raw)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.run_dir / "config.yaml").write_text(dump_config(raw))  # as the CLI: report, export
     summary = run_search(cfg, progress=False)
     study = optuna.load_study(study_name=name, storage=cfg.storage_url)
     summary["trial_seconds"] = [
