@@ -35,22 +35,24 @@ def front_summary(
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     front = pareto_front(done, study.directions)
     best = chosen(done, study.directions)
-    tested = dict(study.user_attrs.get(FRONT_TEST) or {})
+    stored = study.user_attrs.get(FRONT_TEST) or {}
+    tested = dict(stored)
     single = study.user_attrs.get("test_results") or {}
-    if "trial" in single:
+    if "trial" in single:  # the chosen member, scored by the search's own finish
         tested.setdefault(str(single["trial"]), single["results"])
-    new = [t for t in front if str(t.number) not in tested] if score_test else []
-    for t in new:
-        assert score_test is not None
-        tested[str(t.number)] = score_test(t)
-    if new:
+    if score_test is not None:
+        for t in front:
+            if str(t.number) not in tested:
+                tested[str(t.number)] = score_test(t)
+    if tested != stored:
         study.set_user_attr(FRONT_TEST, tested)
     return {
         "objectives": [{"name": g.name, "direction": g.direction} for g in objectives.goals],
         "constraints": [c.name for c in objectives.constraints],
         "chosen": {
             "trial": None if best is None else best.number,
-            "rule": "best primary objective among the members that satisfy every constraint",
+            "rule": "the front member best on the primary objective (none feasible: the one "
+            "that violates the constraints least)",
         },
         "pareto": [member(t, objectives, tested.get(str(t.number))) for t in front],
     }

@@ -71,10 +71,13 @@ def front_table(study: optuna.Study) -> list[str]:
     tested = study.user_attrs.get(FRONT_TEST) or {}
     lines = [
         "",
-        f"Pareto front: {len(front)} members of {len(done)} scored candidates "
-        f"({'constraint-satisfying' if front and feasible(front[0]) else 'none satisfies the constraints'}); "
-        f"chosen: trial {best.number if best else '-'} (best {names[0]} among those that "
-        "satisfy every constraint)",
+        f"Pareto front: {len(front)} members of {len(done)} scored candidates; chosen: trial "
+        f"{best.number if best else '-'} "
+        + (
+            f"(best {names[0]} among the members, all satisfying every constraint)"
+            if front and feasible(front[0])
+            else "(no candidate satisfies the constraints: the member that violates them least)"
+        ),
         "",
         "| trial | " + " | ".join(names) + " | test |",
         "|---|" + "---:|" * len(names) + "---|",

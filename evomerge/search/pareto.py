@@ -63,20 +63,19 @@ def pareto_front(
 def chosen(
     trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection]
 ) -> FrozenTrial | None:
-    """The run's single answer (best_recipe.yaml): among the trials that satisfy every
-    constraint, the best on the primary (first) objective; ties go to the earliest trial (so
-    the uniform merge, trial 0, wins unless something beats it). With no feasible trial, the
-    one that violates the constraints least (summed), then the primary objective. Such a
-    trial is on the front: nothing feasible beats it on the primary objective."""
-    done = [t for t in trials if t.values is not None]
-    if not done:
+    """The run's single answer (best_recipe.yaml), always a member of `pareto_front`: the
+    member best on the primary (first) objective, the earliest on ties (so the uniform merge,
+    trial 0, wins unless something beats it). Where no trial satisfies the constraints, the
+    front member that violates them least (summed), then the best primary objective."""
+    front = pareto_front(trials, directions)
+    if not front:
         return None
 
     def key(t: FrozenTrial) -> tuple[float, float, int]:
         excess = sum(max(v, 0.0) for v in t.constraints.values())
         return (-excess, oriented(t, directions)[0], -t.number)
 
-    return max(done, key=key)
+    return max(front, key=key)
 
 
 def hypervolume(points: Sequence[Point], reference: Point) -> float:

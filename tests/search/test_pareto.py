@@ -54,9 +54,13 @@ def test_front_and_chosen_member_keep_to_the_constraints():
 
 
 def test_with_no_feasible_trial_the_least_violating_one_is_chosen():
-    ts = [trial(0, [0.5, 0.1], {"a": 0.3}), trial(1, [0.2, 0.1], {"a": 0.1})]
-    assert chosen(ts, [MAX, MAX]).number == 1
-    assert [t.number for t in pareto_front(ts, [MAX, MAX])] == [0]  # the front of all trials
+    ts = [
+        trial(0, [0.5, 0.1], {"a": 0.3}),
+        trial(1, [0.2, 0.3], {"a": 0.1}),
+        trial(2, [0.1, 0.1], {"a": 0.05}),  # violates least, but trial 1 dominates it
+    ]
+    assert [t.number for t in pareto_front(ts, [MAX, MAX])] == [0, 1]  # the front of all
+    assert chosen(ts, [MAX, MAX]).number == 1  # the chosen member is always on the front
 
 
 def test_one_objective_without_constraints_is_the_best_fitness_earliest_on_ties():
