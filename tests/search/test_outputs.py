@@ -12,7 +12,8 @@ from evomerge.config import compose, dump_config
 from evomerge.errors import SearchError
 from evomerge.search.config import search_config
 from evomerge.search.export import export_run
-from evomerge.search.loop import progress_fields, run_search
+from evomerge.search.loop import run_search
+from evomerge.search.outputs import progress_fields
 from evomerge.search.report import overhead_share, write_report
 
 
