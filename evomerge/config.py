@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from evomerge.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+PREVIEW_CHARS = 60  # a bad value is shown this long at most: one line, whatever was typed
 
 
 def compose(config_name: str, overrides: Sequence[str]) -> dict[str, Any]:
@@ -45,3 +46,47 @@ def dump_config(cfg: dict[str, Any]) -> str:
     import yaml
 
     return yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
+
+
+def check_keys(section: str, given: Mapping[str, Any], valid: Iterable[str]) -> None:
+    """One error naming every unknown key of a config section, and the valid ones."""
+    valid = sorted(valid)
+    unknown = sorted(str(k) for k in given if k not in valid)
+    if unknown:
+        where = f"{section}: " if section else ""
+        raise ConfigError(f"{where}unknown key(s) {unknown}; valid: {valid}")
+
+
+def typed(value: Any, kind: type, path: str, *, low: float | None = None) -> Any:
+    """`value` as `kind` (bool, int, float or str), strictly: `no` is no boolean, 1.5 no
+    integer, `abc` no number; with `low`, a number below it is an error too."""
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: must be true or false, got {preview(value)}")
+        return value
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{path}: must be an integer, got {preview(value)}")
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{path}: must be a number, got {preview(value)}")
+        value = float(value)
+    if kind is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"{path}: must be a string, got {preview(value)}")
+        return str(value)
+    if low is not None and value < low:
+        raise ConfigError(f"{path}: must be >= {low:g}, got {preview(value)}")
+    return value
+
+
+def typed_pair(value: Any, path: str) -> tuple[float, float]:
+    """`[low, high]` as two floats."""
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise ConfigError(f"{path}: must be [low, high], got {preview(value)}")
+    return typed(value[0], float, f"{path}[0]"), typed(value[1], float, f"{path}[1]")
+
+
+def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
+    """repr(value), cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -393,35 +393,3 @@ def _slice_to_dict(s: SliceSpec) -> dict[str, Any]:
     if s.input_scale is not None:
         out["input_scale"] = s.input_scale
     return _with_parameters(out, s.parameters)
-
-
-# --- resolution ------------------------------------------------------------------------------
-
-
-def resolve_value(value: ParameterValue, tensor_name: str, t: float) -> Scalar | None:
-    """The scalar a parameter takes for one tensor at relative layer position t in [0, 1].
-
-    Conditions: the first whose filter is missing, `*`, or a substring of `tensor_name` wins;
-    None when none matches (the caller falls back to the next scope). Gradients: numeric lists
-    interpolate linearly between neighbours at t * (len - 1); other lists pick the lower one.
-    """
-    if isinstance(value, tuple) and value and isinstance(value[0], Condition):
-        for cond in value:
-            assert isinstance(cond, Condition)  # a parsed tuple is all conditions or none
-            if cond.filter is None or cond.filter == "*" or cond.filter in tensor_name:
-                return resolve_value(cond.value, tensor_name, t)
-        return None
-    if isinstance(value, tuple):
-        return _interpolate(value, t)  # type: ignore[arg-type]
-    assert not isinstance(value, Condition)
-    return value
-
-
-def _interpolate(values: Gradient, t: float) -> Scalar:
-    position = t * (len(values) - 1)
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        return values[int(position)]
-    lo = int(position)
-    hi = min(len(values) - 1, lo + 1)
-    frac = position - lo
-    return (1 - frac) * float(values[lo]) + frac * float(values[hi])

@@ -28,7 +28,7 @@ from evomerge.genome.dfs import DFSSpace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evomerge_dev: not installed
 from evomerge.search.config import search_config
-from evomerge.search.loop import make_scorer
+from evomerge.search.scorer import make_scorer
 from evomerge.search.space import build_space
 from evomerge_dev.analysis.compare import (
     RunResult,

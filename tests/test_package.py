@@ -52,3 +52,21 @@ def test_the_wheel_holds_evomerge_only() -> None:
     assert "evomerge" in packages and "evomerge.search" in packages
     assert not [p for p in packages if not p.startswith("evomerge.") and p != "evomerge"]
     assert not (ROOT / "evomerge" / "testing.py").exists()
+
+
+def test_no_import_cycles_among_shipped_modules() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "import_cycles.py"), str(ROOT / "evomerge")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.strip().endswith("0 import cycle(s)")
+
+
+def test_no_shipped_module_passes_400_lines() -> None:
+    sizes = {
+        str(p.relative_to(ROOT)): len(p.read_text().splitlines())
+        for p in (ROOT / "evomerge").rglob("*.py")
+    }
+    assert {p: n for p, n in sizes.items() if n > 400} == {}

@@ -10,7 +10,7 @@ import torch
 from evomerge.config import compose
 from evomerge.errors import EvaluationError, MergeError
 from evomerge.evaluate import EvalSettings
-from evomerge.evaluate.backends import load_hf_model
+from evomerge.evaluate.hf_backend import load_hf_model
 from evomerge.merge import MergeOptions, merge_to_disk
 from evomerge.merge.cli import build_parser
 from evomerge.recipe import load_recipe

@@ -26,7 +26,7 @@ import torch
 from evomerge.errors import MergeError, RecipeError, preview
 from evomerge.merge.architecture import EMBED, LM_HEAD, ModelLayout, layer_tensor, writes_residual
 from evomerge.merge.methods import REQUIRED, Method, Param, get_method
-from evomerge.recipe import Parameters, Recipe, resolve_value
+from evomerge.recipe import Condition, Gradient, Parameters, ParameterValue, Recipe, Scalar
 
 
 @dataclass(frozen=True)
@@ -257,3 +257,35 @@ def _resolve(
             "add a condition without a filter as the fallback"
         )
     return param.default
+
+
+# --- resolution ------------------------------------------------------------------------------
+
+
+def resolve_value(value: ParameterValue, tensor_name: str, t: float) -> Scalar | None:
+    """The scalar a parameter takes for one tensor at relative layer position t in [0, 1].
+
+    Conditions: the first whose filter is missing, `*`, or a substring of `tensor_name` wins;
+    None when none matches (the caller falls back to the next scope). Gradients: numeric lists
+    interpolate linearly between neighbours at t * (len - 1); other lists pick the lower one.
+    """
+    if isinstance(value, tuple) and value and isinstance(value[0], Condition):
+        for cond in value:
+            assert isinstance(cond, Condition)  # a parsed tuple is all conditions or none
+            if cond.filter is None or cond.filter == "*" or cond.filter in tensor_name:
+                return resolve_value(cond.value, tensor_name, t)
+        return None
+    if isinstance(value, tuple):
+        return _interpolate(value, t)  # type: ignore[arg-type]
+    assert not isinstance(value, Condition)
+    return value
+
+
+def _interpolate(values: Gradient, t: float) -> Scalar:
+    position = t * (len(values) - 1)
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return values[int(position)]
+    lo = int(position)
+    hi = min(len(values) - 1, lo + 1)
+    frac = position - lo
+    return (1 - frac) * float(values[lo]) + frac * float(values[hi])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evomerge.config import check_keys, typed, typed_pair
 from evomerge.errors import ConfigError
 from evomerge.evaluate import EvalSettings, Objective
 from evomerge.evaluate.objectives import Goal, Objectives, parse_objectives
@@ -14,6 +16,7 @@ from evomerge.evaluate.objectives import Goal, Objectives, parse_objectives
 SAMPLERS = ("cmaes", "pycma", "random", "tpe", "nsga2")
 SINGLE_OBJECTIVE_SAMPLERS = ("cmaes", "pycma")  # CMA-ES ranks candidates by one value
 CROSSOVERS = ("sbx", "uniform")  # NSGA-II's recombination of two parents (see nsga2.yaml)
+SPACE_KINDS = ("ps", "dfs", "ps_dfs")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,36 @@ class ModelsSpec:
     sources: tuple[tuple[str, str], ...]  # (name, model reference)
     dtype: str | None
     toy_size: str
+
+
+@dataclass(frozen=True)
+class PSSpec:
+    """`space=ps`: per layer group and source model, the method's genome parameters."""
+
+    name: str
+    method: str
+    layers_per_group: int
+    weight_range: tuple[float, float]
+    density_range: tuple[float, float]
+    x0_weight: float
+    x0_density: float
+    parameters: Mapping[str, Any] = field(default_factory=dict)  # the method's fixed ones
+    kind: str = "ps"
+
+
+@dataclass(frozen=True)
+class DFSSpec:
+    """`space=dfs` (a path through the sources' layers) and `space=ps_dfs` (the PS result
+    first among them, from `ps_recipe`)."""
+
+    name: str
+    kind: str
+    sources: tuple[str, ...] | None  # names from models.sources; None: all of them
+    repeats: int
+    scaling: str
+    scale_range: tuple[float, float]
+    max_path_length: int | None
+    ps_recipe: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +118,7 @@ class SearchConfig:
     score_test: bool
     task: TaskSpec
     models: ModelsSpec
-    space: dict[str, Any]
+    space: PSSpec | DFSSpec
     optimizer: OptimizerSpec
     evaluator: EvalSettings
     sqlite_wal: bool = True
@@ -110,59 +143,133 @@ class SearchConfig:
         return self.storage or f"sqlite:///{self.run_dir / 'study.db'}"
 
 
+TOP_KEYS = tuple(f for f in SearchConfig.__dataclass_fields__)
+
+
 def search_config(cfg: dict[str, Any]) -> SearchConfig:
-    """Typed config from the composed dict; every error names its key."""
-    run = str(cfg["run"])
+    """Typed config from the composed dict, strictly typed; every error names its key."""
+    try:
+        return _search_config(cfg)
+    except KeyError as e:  # a key the configs/ files give, removed with ~key
+        raise ConfigError(f"{e.args[0]}: missing; the search needs it (see configs/)") from None
+
+
+def _search_config(cfg: dict[str, Any]) -> SearchConfig:
+    check_keys("", cfg, TOP_KEYS)
+    run = typed(cfg["run"], str, "run")
     if not run or "/" in run or run.startswith("."):
         raise ConfigError(f"run: must be a plain directory name, got {run!r}")
-    task, models, opt = cfg["task"], cfg["models"], dict(cfg["optimizer"])
-    sources = models.get("sources") or {}
-    if not isinstance(sources, dict) or not sources:
-        raise ConfigError("models.sources: need a mapping name -> model with at least one entry")
-    if cfg["heartbeat_s"] < 1:
-        raise ConfigError(f"heartbeat_s: must be >= 1, got {cfg['heartbeat_s']}")
-    warm = tuple(dict(w) for w in opt.pop("warm_start", None) or ())
+    threads = cfg.get("threads")
     merge_device = cfg.get("merge_device")
     if merge_device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", str(merge_device)):
         raise ConfigError(f"merge_device: must be null, cpu, cuda or cuda:N, got {merge_device!r}")
-    known = set(OptimizerSpec.__dataclass_fields__)
-    unknown = sorted(set(opt) - known)
-    if unknown:
-        raise ConfigError(f"optimizer: unknown key(s) {unknown}; valid: {sorted(known)}")
-    objectives = parse_objectives(task, [str(k) for k in sources])
-    optimizer = OptimizerSpec(**opt, warm_start=warm)
-    if len(objectives.goals) > 1 and optimizer.sampler in SINGLE_OBJECTIVE_SAMPLERS:
+    storage = cfg.get("storage")
+    models = models_spec(cfg["models"])
+    task = task_spec(cfg["task"], [name for name, _ in models.sources])
+    optimizer = optimizer_spec(cfg["optimizer"])
+    if len(task.goals.goals) > 1 and optimizer.sampler in SINGLE_OBJECTIVE_SAMPLERS:
         raise ConfigError(
             f"optimizer.sampler: {optimizer.sampler} optimizes one objective, task.objectives "
-            f"has {len(objectives.goals)}; use optimizer=nsga2, optimizer=motpe or "
+            f"has {len(task.goals.goals)}; use optimizer=nsga2, optimizer=motpe or "
             "optimizer=random"
         )
     return SearchConfig(
         run=run,
-        results_dir=Path(cfg["results_dir"]),
-        storage=cfg.get("storage"),
-        seed=int(cfg["seed"]),
-        threads=cfg.get("threads"),
-        heartbeat_s=int(cfg["heartbeat_s"]),
-        max_retry=int(cfg["max_retry"]),
-        score_test=bool(cfg["score_test"]),
-        task=TaskSpec(
-            name=str(task["name"]),
-            objective=objectives.primary,
-            test=tuple(task.get("test") or ()),
-            include=tuple(str(p) for p in task.get("include") or ()),
-            objectives=objectives,
-        ),
-        models=ModelsSpec(
-            name=str(models["name"]),
-            base_model=models.get("base_model"),
-            sources=tuple((str(k), str(v)) for k, v in sources.items()),
-            dtype=models.get("dtype"),
-            toy_size=str(models.get("toy_size", "full")),
-        ),
-        space=dict(cfg["space"]),
+        results_dir=Path(typed(cfg["results_dir"], str, "results_dir")),
+        storage=None if storage is None else typed(storage, str, "storage"),
+        seed=typed(cfg["seed"], int, "seed"),
+        threads=None if threads is None else typed(threads, int, "threads", low=1),
+        heartbeat_s=typed(cfg["heartbeat_s"], int, "heartbeat_s", low=1),
+        max_retry=typed(cfg["max_retry"], int, "max_retry", low=0),
+        score_test=typed(cfg["score_test"], bool, "score_test"),
+        task=task,
+        models=models,
+        space=space_spec(cfg["space"]),
         optimizer=optimizer,
         evaluator=EvalSettings.from_dict(dict(cfg["evaluator"])),
-        sqlite_wal=bool(cfg.get("sqlite_wal", True)),
+        sqlite_wal=typed(cfg.get("sqlite_wal", True), bool, "sqlite_wal"),
         merge_device=None if merge_device is None else str(merge_device),
+    )
+
+
+def task_spec(task: dict[str, Any], source_names: list[str]) -> TaskSpec:
+    check_keys("task", task, ("name", "fitness", "objectives", "constraints", "test", "include"))
+    objectives = parse_objectives(task, source_names)
+    return TaskSpec(
+        name=typed(task["name"], str, "task.name"),
+        objective=objectives.primary,
+        test=tuple(task.get("test") or ()),
+        include=tuple(str(p) for p in task.get("include") or ()),
+        objectives=objectives,
+    )
+
+
+def models_spec(models: dict[str, Any]) -> ModelsSpec:
+    check_keys("models", models, ("name", "toy_size", "base_model", "sources", "dtype"))
+    sources = models.get("sources") or {}
+    if not isinstance(sources, dict) or not sources:
+        raise ConfigError("models.sources: need a mapping name -> model with at least one entry")
+    return ModelsSpec(
+        name=typed(models["name"], str, "models.name"),
+        base_model=models.get("base_model"),
+        sources=tuple((str(k), str(v)) for k, v in sources.items()),
+        dtype=models.get("dtype"),
+        toy_size=typed(models.get("toy_size", "full"), str, "models.toy_size"),
+    )
+
+
+def optimizer_spec(opt: dict[str, Any]) -> OptimizerSpec:
+    check_keys("optimizer", opt, OptimizerSpec.__dataclass_fields__)
+    size, restart = opt.get("population_size"), opt.get("restart_strategy")
+    n_startup = opt.get("n_startup_trials", OptimizerSpec.n_startup_trials)
+    return OptimizerSpec(
+        name=typed(opt["name"], str, "optimizer.name"),
+        sampler=typed(opt["sampler"], str, "optimizer.sampler"),
+        n_trials=typed(opt["n_trials"], int, "optimizer.n_trials"),
+        population_size=None if size is None else typed(size, int, "optimizer.population_size"),
+        sigma0=typed(opt.get("sigma0", OptimizerSpec.sigma0), float, "optimizer.sigma0"),
+        restart_strategy=None if restart is None else str(restart),
+        n_startup_trials=typed(n_startup, int, "optimizer.n_startup_trials"),
+        crossover=typed(opt.get("crossover", OptimizerSpec.crossover), str, "optimizer.crossover"),
+        warm_start=tuple(dict(w) for w in opt.get("warm_start") or ()),
+    )
+
+
+PS_KEYS = ("name", "kind", *(f for f in PSSpec.__dataclass_fields__ if f != "kind"))
+DFS_KEYS = ("name", "kind", "sources", "repeats", "scaling", "scale_range", "max_path_length")
+
+
+def space_spec(space: dict[str, Any]) -> PSSpec | DFSSpec:
+    kind = space.get("kind", "ps")
+    if kind not in SPACE_KINDS:
+        raise ConfigError(f"space.kind: {kind!r} is not available; use space=ps, dfs or ps_dfs")
+    if kind == "ps":
+        check_keys("space", space, PS_KEYS)
+        return PSSpec(
+            name=typed(space["name"], str, "space.name"),
+            method=typed(space["method"], str, "space.method"),
+            layers_per_group=typed(space["layers_per_group"], int, "space.layers_per_group"),
+            weight_range=typed_pair(space["weight_range"], "space.weight_range"),
+            density_range=typed_pair(space["density_range"], "space.density_range"),
+            x0_weight=typed(space["x0_weight"], float, "space.x0_weight"),
+            x0_density=typed(space["x0_density"], float, "space.x0_density"),
+            parameters=dict(space.get("parameters") or {}),
+        )
+    check_keys(f"space ({kind})", space, (*DFS_KEYS, "ps_recipe") if kind == "ps_dfs" else DFS_KEYS)
+    sources, limit, ps_recipe = (
+        space.get("sources"),
+        space.get("max_path_length"),
+        space.get("ps_recipe"),
+    )
+    return DFSSpec(
+        name=typed(space["name"], str, "space.name"),
+        kind=kind,
+        sources=None
+        if sources is None
+        else tuple(str(s) for s in ([sources] if isinstance(sources, str) else sources)),
+        repeats=typed(space["repeats"], int, "space.repeats"),
+        scaling=typed(space["scaling"], str, "space.scaling"),
+        scale_range=typed_pair(space["scale_range"], "space.scale_range"),
+        max_path_length=None if limit is None else typed(limit, int, "space.max_path_length"),
+        ps_recipe=None if not ps_recipe else str(ps_recipe),
     )

@@ -16,43 +16,41 @@ from typing import Any
 from evomerge.errors import ConfigError
 from evomerge.genome.dfs import DFSSpace
 from evomerge.merge import MergeOptions, merge_to_disk
-from evomerge.merge.stages import Stage, with_results
 from evomerge.model_ref import model_config, num_layers_of, resolve_reference
 from evomerge.recipe import Recipe, dump_recipe, load_recipe
-from evomerge.search.config import SearchConfig
+from evomerge.search.config import DFSSpec, SearchConfig
+from evomerge.search.run_space import RunSpace
 
-DFS_KEYS = ("sources", "repeats", "scaling", "scale_range", "max_path_length")
 PS_MODEL = "ps"  # the PS result's name among the DFS sources
 
 
-def build_dfs_space(cfg: SearchConfig, kind: str, s: dict[str, Any]) -> DFSSpace:
+def build_dfs_space(cfg: SearchConfig, s: DFSSpec) -> RunSpace:
     """The DFS space over `space.sources` (names from models.sources; null: all), with the
     materialized PS model first for ps_dfs."""
-    allowed = (*DFS_KEYS, "ps_recipe") if kind == "ps_dfs" else DFS_KEYS
-    unknown = sorted(set(s) - set(allowed))
-    if unknown:
-        raise ConfigError(f"space: unknown key(s) {unknown}; valid for {kind}: {sorted(allowed)}")
-    pairs = _sources(cfg, s.get("sources"))
-    if kind == "ps_dfs":
-        pairs.insert(0, (PS_MODEL, materialize_ps(cfg, s.get("ps_recipe"))))
-    limit = s.get("max_path_length")
-    return DFSSpace(
+    pairs = _sources(cfg, s.sources)
+    ps_recipe = None
+    if s.kind == "ps_dfs":
+        ps_recipe = load_recipe(ps_recipe_file(cfg, s.ps_recipe))
+        pairs.insert(0, (PS_MODEL, materialize_ps(cfg, ps_recipe)))
+    genome = DFSSpace(
         models=tuple(ref for _, ref in pairs),
         model_names=tuple(name for name, _ in pairs),
         num_layers=tuple(num_layers_of(ref) for _, ref in pairs),
-        repeats=int(s.get("repeats", 3)),
-        scaling=str(s.get("scaling", "full")),
-        scale_range=_pair(s.get("scale_range", (0.5, 2.0)), "space.scale_range"),
-        max_path_length=None if limit is None else int(limit),
+        repeats=s.repeats,
+        scaling=s.scaling,
+        scale_range=s.scale_range,
+        max_path_length=s.max_path_length,
         hidden_sizes=tuple(int(model_config(ref).get("hidden_size", 0)) for _, ref in pairs),
         dtype=cfg.models.dtype,
     )
+    ps_dir = Path(pairs[0][1]) if ps_recipe is not None else None
+    return RunSpace(genome, ps_recipe=ps_recipe, ps_dir=ps_dir)
 
 
-def _sources(cfg: SearchConfig, names: Any) -> list[tuple[str, str]]:
+def _sources(cfg: SearchConfig, names: tuple[str, ...] | None) -> list[tuple[str, str]]:
     m = cfg.models
     by_name = dict(m.sources)
-    chosen = list(by_name) if names is None else [names] if isinstance(names, str) else names
+    chosen = list(by_name) if names is None else list(names)
     missing = [n for n in chosen if n not in by_name]
     if missing or not chosen:
         raise ConfigError(
@@ -61,14 +59,6 @@ def _sources(cfg: SearchConfig, names: Any) -> list[tuple[str, str]]:
     if PS_MODEL in chosen:
         raise ConfigError(f"space.sources: {PS_MODEL!r} names the PS result; rename that model")
     return [(n, resolve_reference(by_name[n], m.toy_size)) for n in chosen]
-
-
-def _pair(value: Any, key: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}: must be [low, high], got {value!r}") from None
-    return lo, hi
 
 
 def ps_recipe_file(cfg: SearchConfig, value: Any) -> Path:
@@ -86,10 +76,9 @@ def ps_recipe_file(cfg: SearchConfig, value: Any) -> Path:
     return path
 
 
-def materialize_ps(cfg: SearchConfig, value: Any) -> str:
+def materialize_ps(cfg: SearchConfig, recipe: Recipe) -> str:
     """Merge the PS recipe into `<run_dir>/ps_model` once; a resumed run reuses it when its model
     card holds the same recipe, and refuses a different one."""
-    recipe = load_recipe(ps_recipe_file(cfg, value))
     out = (cfg.run_dir / "ps_model").resolve()
     if out.exists():
         card = out / "README.md"
@@ -101,11 +90,3 @@ def materialize_ps(cfg: SearchConfig, value: Any) -> str:
         return str(out)
     merge_to_disk(recipe, out, MergeOptions(progress=False))
     return str(out)
-
-
-def ps_dfs_stages(cfg: SearchConfig, recipe: Recipe) -> tuple[Stage, Stage]:
-    """A PS+DFS result as one file: stage `ps_model` merges the PS recipe from its sources,
-    the final stage is the path over that stage (`merge` and `eval` run it)."""
-    ps = load_recipe(ps_recipe_file(cfg, cfg.space.get("ps_recipe")))
-    ps_dir = str((cfg.run_dir / "ps_model").resolve())
-    return Stage("ps_model", ps), Stage(None, with_results(recipe, {ps_dir: "ps_model"}))

@@ -63,7 +63,7 @@ def export_run(
 def trial_recipe(run_dir: Path, number: int) -> Recipe:
     """The recipe of a scored trial, decoded from its genome in the run's own space."""
     from evomerge.search.config import search_config
-    from evomerge.search.loop import genome_recipe
+    from evomerge.search.outputs import genome_recipe
     from evomerge.search.space import build_space
 
     t = _scored_trial(run_dir, number)

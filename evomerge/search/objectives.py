@@ -16,7 +16,7 @@ from evomerge.recipe import ModelSpec, Recipe
 from evomerge.search.config import SearchConfig
 from evomerge.search.pareto import OBJECTIVES
 from evomerge.search.scorer import CandidateScorer
-from evomerge.search.space import resolve_reference
+from evomerge.model_ref import resolve_reference
 
 SOURCE_SCORES = "source_scores"  # study user attr: {source: {task: {metric: value}}}
 OBJECTIVE_NAMES = "objective_names"  # study user attr: the objectives' names, in order

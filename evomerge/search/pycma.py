@@ -13,7 +13,7 @@ Which result a candidate gets (fixed once known, so a replay never changes histo
   every candidate of a generation failed, all tie). Failed candidates are not re-asked: a
   genome that gave NaN or ran out of memory would do so again.
 A trial lost with a dead worker is failed by the storage's heartbeat, which enqueues a retry
-(same parameters, the lost trial's number in its `retry_history`): the lost trial is then
+(same parameters, the lost trial's number in its retry history): the lost trial is then
 ignored and the retry decides, so a killed worker changes nothing that is told. A worker killed
 between its parameter writes leaves a retry holding the first few: the retry is given the rest
 of the candidate those match. Once the retries are used up (no retry names it), the lost trial
@@ -43,6 +43,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.errors import ConfigError
+from evomerge.search.optuna_adapter import retried_numbers
 
 MATCH_TOL = 1e-9  # a trial evaluated a candidate iff its params equal the (clipped) ask
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -181,7 +182,7 @@ class PyCmaSampler(BaseSampler):
 
 def retried_trials(trials: Sequence[FrozenTrial]) -> set[int]:
     """Numbers of the trials that the heartbeat's retries replace."""
-    return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    return {n for t in trials for n in retried_numbers(t)}
 
 
 def candidate_of(

@@ -17,9 +17,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.errors import SearchError
+from evomerge.search.budget import FAILURE, counted
 from evomerge.search.front_plot import front_table, plot_front
 from evomerge.search.objectives import primary_value
-from evomerge.search.study import FAILURE, best_trial, counted
+from evomerge.search.study import best_trial
 from evomerge.yaml_limits import load_yaml, read_text_file
 
 
@@ -36,6 +37,21 @@ def open_run(run_dir: Path) -> optuna.Study:
         raise SearchError(
             f"{run_dir}: the storage {storage!r} holds no study {cfg['run']!r}"
         ) from e
+
+
+def candidate_seconds(trials: list[FrozenTrial]) -> float:
+    """Seconds spent on candidates that were scored or failed as candidates.
+
+    A trial abandoned by a killed worker (failed later by the heartbeat check) is left out: its
+    start-to-fail span is the downtime, not the candidate's time.
+    """
+    return sum(
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in trials
+        if t.datetime_complete is not None
+        and t.datetime_start is not None
+        and (t.state == TrialState.COMPLETE or FAILURE in t.user_attrs)
+    )
 
 
 def plot_history(trials: list[FrozenTrial], path: Path) -> None:

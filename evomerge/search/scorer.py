@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from torch import nn
 
-from evomerge.errors import MergeError
-from evomerge.evaluate import Backend, Objective, Results, TaskSet, evaluate, fitness
-from evomerge.evaluate.backends import load_hf_model
+from evomerge.evaluate import (
+    Backend,
+    Objective,
+    Results,
+    TaskSet,
+    evaluate,
+    fitness,
+    load_tasks,
+    make_backend,
+)
+from evomerge.genome import GenomeSpace
 from evomerge.merge import MergeOptions, SourceCache, merge_into_model
+from evomerge.merge.lora import split_adapter
 from evomerge.merge.path import PathModel, PathStep, recipe_path
 from evomerge.recipe import Recipe
+from evomerge.search.config import SearchConfig
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,7 @@ class CandidateScorer:
         if steps is not None:
             return self._load_path(steps)
         if self._own_model is not None:
-            self._set_model(self._own_model)
+            self.backend.set_model(self._own_model)
             self._own_model = None
         t0 = time.perf_counter()
         finite = merge_into_model(recipe, self.backend.target, self.options, self.cache)
@@ -71,26 +80,16 @@ class CandidateScorer:
         t0 = time.perf_counter()
         if self._paths is None:
             own = self.backend.target
-            settings = self.backend.settings
             self._paths = PathModel(
-                lambda ref: load_hf_model(ref, settings)[0],
+                self.backend.load_model,
                 preloaded={str(getattr(getattr(own, "config", None), "name_or_path", "")): own},
             )
         self._paths.set_path(steps)
         t1 = time.perf_counter()
         if self.backend.target is not self._paths.model:
             self._own_model = self._own_model or self.backend.target
-            self._set_model(self._paths.model)
+            self.backend.set_model(self._paths.model)
         return t1 - t0, time.perf_counter() - t1
-
-    def _set_model(self, model: nn.Module) -> None:
-        set_model: Any = getattr(self.backend, "set_model", None)
-        if set_model is None:
-            raise MergeError(
-                "data-flow candidates run as a layer path over the source models, which needs "
-                "evaluator.backend=hf"
-            )
-        set_model(model)
 
     def score(self, recipe: Recipe) -> Scored:
         merge_s, swap_s = self.load(recipe)
@@ -101,3 +100,13 @@ class CandidateScorer:
     def evaluate_on(self, recipe: Recipe, tasks: TaskSet) -> Results:
         self.load(recipe)
         return evaluate(self.backend, tasks).results
+
+
+def make_scorer(cfg: SearchConfig, space: GenomeSpace) -> CandidateScorer:
+    """The search's scorer: one backend over the space's template model, the fitness tasks
+    built once, and the sources preloaded on `cfg.merge_on`."""
+    template = split_adapter(space.template_model)[0]  # a LoRA source: its base's architecture
+    backend = make_backend(template, cfg.evaluator, host_device=cfg.merge_on)
+    tasks = load_tasks(cfg.task.goals.tasks, cfg.evaluator, extra_paths=cfg.task.include)
+    options = MergeOptions(device=cfg.merge_on, random_seed=cfg.seed, progress=False)
+    return CandidateScorer(backend, tasks, cfg.task.objective, SourceCache(preload=True), options)

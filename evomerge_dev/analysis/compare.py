@@ -20,9 +20,11 @@ from typing import Any
 import optuna
 
 from evomerge.config import compose, dump_config
+from evomerge.files import write_text_atomic
+from evomerge.search.budget import counted
+from evomerge.search.cli import set_up_process
 from evomerge.search.config import SearchConfig, search_config
-from evomerge.search.loop import run_search, write_text_atomic
-from evomerge.search.study import counted
+from evomerge.search.loop import run_search
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ def run_one(
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(cfg.run_dir / "config.yaml", dump_config(raw))
     t0 = time.perf_counter()
+    set_up_process(cfg)
     summary = run_search(cfg, progress=False)
     study = optuna.load_study(study_name=cfg.run, storage=cfg.storage_url)
     result = RunResult(

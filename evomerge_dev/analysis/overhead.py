@@ -18,7 +18,7 @@ import numpy as np
 
 from evomerge.evaluate import evaluate
 from evomerge.search.config import SearchConfig
-from evomerge.search.loop import make_scorer
+from evomerge.search.scorer import make_scorer
 from evomerge.search.space import build_space
 
 

@@ -10,7 +10,7 @@ import torch
 
 from evomerge.errors import ConfigError, EvaluationError
 from evomerge.evaluate import CandidateFailed, EvalSettings, VLLMBackend
-from evomerge.evaluate.backends import push_weights
+from evomerge.evaluate.vllm_backend import push_weights
 
 
 class RecordingEngine:
@@ -286,7 +286,7 @@ class SteppingLLM:
 
 @pytest.mark.parametrize("request_states", [True, False])
 def test_a_candidate_past_its_deadline_fails_and_leaves_the_engine_idle(request_states):
-    from evomerge.evaluate.backends import QuietLLM
+    from evomerge.evaluate.vllm_backend import QuietLLM
 
     llm = SteppingLLM(step_s=0.05, request_states=request_states)
     engine = QuietLLM(llm)
@@ -305,7 +305,7 @@ def test_a_candidate_past_its_deadline_fails_and_leaves_the_engine_idle(request_
 
 
 def test_an_engine_error_mid_generation_leaves_no_request_queued():
-    from evomerge.evaluate.backends import QuietLLM
+    from evomerge.evaluate.vllm_backend import QuietLLM
 
     llm = SteppingLLM(fail_at=3)
     engine = QuietLLM(llm)
@@ -317,7 +317,7 @@ def test_an_engine_error_mid_generation_leaves_no_request_queued():
 
 def test_a_reload_that_takes_no_weights_is_not_used_for_the_push():
     """Older vLLM workers' reload_weights() re-reads the checkpoint from disk: never call it."""
-    from evomerge.evaluate.backends import reloads_given_weights
+    from evomerge.evaluate.vllm_backend import reloads_given_weights
 
     def current(weights_iterator=None, is_checkpoint_format=True): ...
     def from_disk(): ...
@@ -388,7 +388,7 @@ def install_logits_layer(monkeypatch):
 
 
 def test_a_candidate_with_non_finite_logits_fails_and_the_next_is_scored(vllm_logits_layer):
-    from evomerge.evaluate.backends import QuietLLM, watch_logits
+    from evomerge.evaluate.vllm_backend import QuietLLM, watch_logits
 
     llm = HookedLLM()
     engine = QuietLLM(llm, watch_logits=watch_logits(llm))
@@ -406,7 +406,7 @@ def test_a_candidate_with_non_finite_logits_fails_and_the_next_is_scored(vllm_lo
 
 
 def test_a_candidate_failing_otherwise_leaves_no_non_finite_flag_behind(vllm_logits_layer):
-    from evomerge.evaluate.backends import QuietLLM, watch_logits
+    from evomerge.evaluate.vllm_backend import QuietLLM, watch_logits
 
     llm = HookedLLM()
     engine = QuietLLM(llm, watch_logits=watch_logits(llm))
@@ -428,7 +428,7 @@ def test_a_candidate_failing_otherwise_leaves_no_non_finite_flag_behind(vllm_log
 
 @pytest.mark.parametrize("where", ["no layer in the model", "no such module in vLLM"])
 def test_an_engine_whose_logits_cannot_be_watched_says_so(where, monkeypatch, caplog):
-    from evomerge.evaluate.backends import watch_logits
+    from evomerge.evaluate.vllm_backend import watch_logits
 
     if where == "no layer in the model":
         install_logits_layer(monkeypatch)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from evomerge.errors import RecipeError
 from evomerge.merge import check_recipe
+from evomerge.merge.plan import resolve_value
 from evomerge.recipe import (
     Condition,
     ModelSpec,
@@ -18,7 +19,6 @@ from evomerge.recipe import (
     dump_recipe,
     load_recipe,
     parse_recipe,
-    resolve_value,
 )
 
 TIES = """

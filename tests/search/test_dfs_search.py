@@ -18,10 +18,10 @@ from evomerge.merge import merge_to_disk
 from evomerge.merge.stages import load_stages, merge_recipe_file
 from evomerge.model_ref import resolve_reference
 from evomerge.recipe import dump_recipe, load_recipe
+from evomerge.search.budget import FAILURE
 from evomerge.search.config import search_config
 from evomerge.search.loop import run_search
 from evomerge.search.space import build_space
-from evomerge.search.study import FAILURE
 from evomerge_dev.testing import SMALL_SEARCH
 
 FAST = [
@@ -41,7 +41,7 @@ def completed(cfg) -> list[optuna.trial.FrozenTrial]:
 
 def test_dfs_search_exports_a_path_that_scores_the_same_on_disk(toy_cache, tmp_path):
     cfg = config(tmp_path, "space=dfs", "run=d", "optimizer.n_trials=5")
-    space = build_space(cfg)
+    space = build_space(cfg).genome
     assert isinstance(space, DFSSpace) and space.model_names == ("math_en", "lang_ja")
     summary = run_search(cfg, progress=False)
     trials = completed(cfg)
@@ -78,8 +78,8 @@ def test_ps_dfs_uses_the_ps_result_as_the_first_source(toy_cache, tmp_path):
     args = ("space=ps_dfs", "run=pd", f"space.ps_recipe={ps_file}")
     cfg = config(tmp_path, *args, "optimizer.n_trials=3")
     run_search(cfg, progress=False)
-    space = build_space(cfg)
-    assert space.model_names == ("ps", "lang_ja")
+    space = build_space(cfg).genome
+    assert isinstance(space, DFSSpace) and space.model_names == ("ps", "lang_ja")
     assert Path(space.models[0]) == (cfg.run_dir / "ps_model").resolve()
     assert len(completed(cfg)) == 3
     recipe = load_recipe(cfg.run_dir / "best_recipe.yaml")

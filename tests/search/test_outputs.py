@@ -16,7 +16,8 @@ from evomerge.merge.card import read_front_matter
 from evomerge.recipe import load_recipe
 from evomerge.search.config import search_config
 from evomerge.search.export import export_run
-from evomerge.search.loop import progress_fields, run_search
+from evomerge.search.loop import run_search
+from evomerge.search.outputs import progress_fields
 from evomerge.search.report import overhead_share, write_report
 
 

@@ -19,10 +19,11 @@ from evomerge.errors import ConfigError, SearchError
 from evomerge.evaluate import EvalSettings, evaluate, fitness, load_tasks, make_backend
 from evomerge.merge import merge_to_disk
 from evomerge.recipe import load_recipe
+from evomerge.search.budget import fail_abandoned_trials
 from evomerge.search.config import search_config
 from evomerge.search.loop import run_search
 from evomerge.search.space import build_space
-from evomerge.search.study import fail_abandoned_trials, open_study
+from evomerge.search.study import open_study
 from evomerge_dev.testing import SMALL_SEARCH
 
 FAST = [
@@ -358,7 +359,8 @@ def test_a_retry_taken_by_a_worker_killed_before_its_first_heartbeat_is_retried(
 def test_candidate_seconds_leave_out_trials_abandoned_by_a_killed_worker():
     from datetime import datetime, timedelta
 
-    from evomerge.search.loop import FAILURE, candidate_seconds
+    from evomerge.search.budget import FAILURE
+    from evomerge.search.report import candidate_seconds
 
     t0 = datetime(2026, 1, 1)
     dist = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}

@@ -19,7 +19,8 @@ import psycopg2
 import pytest
 from optuna.trial import TrialState
 
-from evomerge.search.study import SURPLUS, sqlalchemy_url, trials_done
+from evomerge.search.budget import SURPLUS, trials_done
+from evomerge.search.study import sqlalchemy_url
 from evomerge_dev.testing import SMALL_SEARCH
 from evomerge_dev.testing_postgres import ENV_URL, create_database, server_bin_dir, throwaway_server
 

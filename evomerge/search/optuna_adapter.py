@@ -1,0 +1,95 @@
+"""The one place that reaches past Optuna's public API (pinned by tests/search/test_optuna_adapter.py).
+
+What the search needs and Optuna does not expose: a trial's storage id (to write a heartbeat
+for it), the study's storage, which trials have a heartbeat on record (Optuna keeps them in
+its `trial_heartbeats` table and has no call to read them), and whether an error means
+"this trial was already finished by someone else". Everything else goes through Optuna's
+public API, in the modules that use it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
+
+# The text of Optuna's error for telling a trial that a heartbeat check already failed.
+_TELL_FAILED = "Cannot tell a FAIL trial"
+
+
+def heartbeat_storage(
+    url: str, engine: dict[str, Any], *, heartbeat_s: int, max_retry: int
+) -> RDBStorage:
+    """Optuna's relational storage with a heartbeat: a trial silent for two beats is failed
+    and its parameters retried (`max_retry` times)."""
+    with warnings.catch_warnings():
+        # Optuna marks the heartbeat options experimental; they are its documented way to
+        # fail and retry the trials of a dead worker.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(
+            url,
+            engine_kwargs=engine,
+            heartbeat_interval=heartbeat_s,
+            grace_period=2 * heartbeat_s,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+        )
+
+
+def storage_of(study: optuna.Study) -> Any:
+    """The study's storage (an RDBStorage, or Optuna's cache around one)."""
+    return study._storage
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    """The storage's id of a trial (not its number)."""
+    return trial._trial_id
+
+
+def heartbeat_on(storage: Any) -> bool:
+    """Whether a storage keeps heartbeats (the search's always does)."""
+    return getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
+
+
+def record_heartbeat(storage: Any, trial: optuna.Trial | FrozenTrial) -> None:
+    """Write a heartbeat for the trial now (Optuna's own thread beats only while it runs)."""
+    storage.record_heartbeat(trial_id(trial))
+
+
+def trials_with_heartbeat(study: optuna.Study, trials: Sequence[FrozenTrial]) -> set[int] | None:
+    """Ids of those trials that have a heartbeat on record, read from the study's database;
+    None where heartbeats are off or the storage is no database Optuna's way."""
+    storage = storage_of(study)
+    if not heartbeat_on(storage):
+        return None
+    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+    if engine is None:
+        return None
+    query = sqlalchemy.text(
+        "SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids"
+    ).bindparams(sqlalchemy.bindparam("ids", expanding=True))
+    try:
+        with engine.connect() as con:
+            rows = con.execute(query, {"ids": [trial_id(t) for t in trials]})
+            return {int(found) for (found,) in rows}
+    except sqlalchemy.exc.SQLAlchemyError:
+        return None
+
+
+def retried_numbers(trial: FrozenTrial) -> list[int]:
+    """Numbers of the lost trials that this trial retries (the heartbeat's retry history).
+
+    What RetryHeartbeatStaleTrialCallback.retry_history returns, read directly: that call
+    warns as experimental, and the pycma sampler reads it for every trial at every ask."""
+    return list(trial.system_attrs.get("retry_history", ()))
+
+
+def finished_elsewhere(e: Exception) -> bool:
+    """Optuna's error for writing to (or telling) a trial that is already finished."""
+    return isinstance(e, optuna.exceptions.UpdateFinishedTrialError) or (
+        isinstance(e, ValueError) and str(e).startswith(_TELL_FAILED)
+    )

@@ -1,0 +1,90 @@
+"""What the search relies on past Optuna's public API, checked against the installed Optuna.
+
+Every reach into Optuna's internals lives in evomerge/search/optuna_adapter.py; these tests
+fail when an Optuna release changes one of them (a private attribute, the heartbeat table, the
+retry history, the text of an error), and a scan fails when one appears anywhere else.
+"""
+
+import re
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from evomerge.search import optuna_adapter as adapter
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::optuna.exceptions.ExperimentalWarning",
+    "ignore:Heartbeat of storage is supposed to be used with Study.optimize:UserWarning",
+)
+# What only the adapter may name: private attributes, the heartbeat table, retry bookkeeping.
+PRIVATE = re.compile(r"\._storage\b|\._trial_id\b|\._backend\b|trial_heartbeats|retry_history")
+
+
+def study(tmp_path: Path) -> optuna.Study:
+    storage = adapter.heartbeat_storage(
+        f"sqlite:///{tmp_path / 's.db'}", {}, heartbeat_s=1, max_retry=2
+    )
+    return optuna.create_study(storage=storage)
+
+
+def test_trial_ids_and_heartbeats_round_trip(tmp_path: Path) -> None:
+    s = study(tmp_path)
+    first, second = s.ask(), s.ask()
+    frozen = s.get_trials(deepcopy=False)
+    assert [adapter.trial_id(t) for t in frozen] == [
+        adapter.trial_id(first),
+        adapter.trial_id(second),
+    ]
+    storage = adapter.storage_of(s)
+    assert adapter.heartbeat_on(storage)
+    assert adapter.trials_with_heartbeat(s, frozen) == set()
+    adapter.record_heartbeat(storage, second)
+    assert adapter.trials_with_heartbeat(s, frozen) == {adapter.trial_id(second)}
+
+
+def test_a_stale_trial_is_retried_and_its_retry_names_it(tmp_path: Path) -> None:
+    s = study(tmp_path)
+    lost = s.ask()
+    lost.suggest_float("x", 0.0, 1.0)
+    adapter.record_heartbeat(adapter.storage_of(s), lost)
+    time.sleep(3.5)  # past the grace period (two beats; the storage keeps whole seconds)
+    optuna.storages.fail_stale_trials(s)
+    failed, retry = s.get_trials(deepcopy=False)
+    assert failed.state == TrialState.FAIL and retry.state == TrialState.WAITING
+    assert adapter.retried_numbers(retry) == [failed.number]
+    assert adapter.retried_numbers(failed) == []
+
+
+def test_telling_a_finished_trial_is_recognised(tmp_path: Path) -> None:
+    s = study(tmp_path)
+    trial = s.ask()
+    s.tell(trial, state=TrialState.FAIL)
+    with pytest.raises((optuna.exceptions.UpdateFinishedTrialError, ValueError)) as info:
+        s.tell(trial, 1.0)
+    assert adapter.finished_elsewhere(info.value)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError) as written:
+        trial.set_user_attr("late", True)
+    assert adapter.finished_elsewhere(written.value)
+    assert not adapter.finished_elsewhere(ValueError("something else"))
+
+
+def test_no_storage_without_heartbeats_is_taken_for_one(tmp_path: Path) -> None:
+    plain = optuna.create_study(storage=f"sqlite:///{tmp_path / 'p.db'}")
+    plain.ask()
+    assert not adapter.heartbeat_on(adapter.storage_of(plain))
+    assert adapter.trials_with_heartbeat(plain, plain.get_trials()) is None
+
+
+def test_only_the_adapter_reaches_into_optuna() -> None:
+    root = Path(__file__).resolve().parents[2] / "evomerge"
+    offenders = [
+        f"{path.relative_to(root)}:{n}"
+        for path in sorted(root.rglob("*.py"))
+        if path.name != "optuna_adapter.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if PRIVATE.search(line) and not line.lstrip().startswith("#")
+    ]
+    assert offenders == []
