@@ -118,6 +118,8 @@ def child(family: Path, candidates: int, task_vector_bytes: int | None) -> dict[
 
 
 def ensure_family(family: Path, params: float) -> None:
+    # the parent only: a child imports evomerge from its tree's PYTHONPATH
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evomerge_dev: not installed
     from evomerge_dev.bench.checkpoints import config_for, generate
 
     config = config_for(params)

@@ -9,7 +9,7 @@ read from the maps again per merge. Task vectors are kept up to `task_vector_byt
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -102,18 +102,17 @@ class SourceCache:
         if device.type == "cpu" and key not in self._tensors:
             self._staged[key] = fault_in(self._readers[ref].read(name))
 
-    def task_vector(
-        self, key: tuple[str, ...], make: Callable[[], TaskVector]
-    ) -> TaskVector | None:
-        """The task vector for `key` (inputs, dtypes, device), made and kept on first use
-        while the budget lasts (made afresh past it); None when this cache keeps none."""
-        kept = self._task_vectors.get(key)
-        if kept is not None or self.task_vector_bytes <= 0:
-            return kept
-        vector = make()
-        size = vector.delta.numel() * vector.delta.element_size()
-        if self._task_vector_bytes_used + size > self.task_vector_bytes:
-            return vector
-        self._task_vectors[key] = vector
-        self._task_vector_bytes_used += size
-        return vector
+    def task_vectors(
+        self, keys: Sequence[tuple[str, ...]], make: Callable[[int], TaskVector], nbytes: int
+    ) -> tuple[TaskVector, ...]:
+        """The task vectors of one job's inputs (`keys`: inputs, dtypes, device; `nbytes`
+        each), made by `make(i)` and kept on first use when all of them fit the budget; ()
+        otherwise: the merge then subtracts itself, as without a cache, and holds no second
+        copy of the deltas."""
+        missing = [i for i, key in enumerate(keys) if key not in self._task_vectors]
+        if self._task_vector_bytes_used + len(missing) * nbytes > self.task_vector_bytes:
+            return ()
+        for i in missing:
+            self._task_vectors[keys[i]] = make(i)
+            self._task_vector_bytes_used += nbytes
+        return tuple(self._task_vectors[key] for key in keys)

@@ -269,23 +269,19 @@ def _task_vectors(
     compute: torch.dtype,
 ) -> tuple[TaskVector, ...]:
     """x_i - base per non-base input, from the cache (made on first use), or () when the
-    cache keeps none: the method then subtracts itself."""
+    cache keeps none or they do not fit its budget: the method then subtracts itself."""
     if not job.has_base or cache.task_vector_bytes <= 0:
         return ()
     base_input, base = job.inputs[-1], tensors[-1]
-    out = []
-    for inp, x in zip(job.inputs[:-1], tensors[:-1], strict=True):
-        where = (str(x.device), str(in_dtype), str(compute))
-        key = (inp.model, inp.name, base_input.model, base_input.name, *where)
+    where = (str(base.device), str(in_dtype), str(compute))
+    keys = [
+        (inp.model, inp.name, base_input.model, base_input.name, *where) for inp in job.inputs[:-1]
+    ]
 
-        def make(x: torch.Tensor = x) -> TaskVector:
-            return TaskVector.of(_cast(x, in_dtype, compute), _cast(base, in_dtype, compute))
+    def make(i: int) -> TaskVector:
+        return TaskVector.of(_cast(tensors[i], in_dtype, compute), _cast(base, in_dtype, compute))
 
-        vector = cache.task_vector(key, make)
-        if vector is None:
-            return ()
-        out.append(vector)
-    return tuple(out)
+    return cache.task_vectors(keys, make, base.numel() * compute.itemsize)
 
 
 def _check_finite(plan: MergePlan, job: TensorJob, tensor: torch.Tensor) -> bool:
