@@ -14,7 +14,7 @@ import mmap
 import os
 import re
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -388,17 +388,3 @@ def parse_size(text: str | int) -> int:
         )
     unit = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}[match.group(2)]
     return int(float(match.group(1)) * unit)
-
-
-def copy_files(source: Path, target: Path, names: Iterable[str]) -> list[str]:
-    """Copy the named files that exist in `source`, as regular files; returns those copied.
-
-    Each must resolve inside the source model's root (a link to a file elsewhere is refused,
-    never published in the output)."""
-    root = ModelRoot.of(source)
-    copied = []
-    for name in names:
-        if root.exists(name):
-            root.copy(name, target / name)
-            copied.append(name)
-    return copied

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from evomerge.merge.architecture import output_config
 from evomerge.merge.cache import SourceCache
 from evomerge.merge.card import render_card
 from evomerge.merge.confine import ModelRoot
-from evomerge.merge.io import copy_files
 from evomerge.merge.plan import MergePlan
 from evomerge.recipe import dump_recipe
 
@@ -69,3 +69,17 @@ def model_card(plan: MergePlan) -> str:
         "The recipe below reproduces it.",
         recipe_yaml=dump_recipe(recipe),
     )
+
+
+def copy_files(source: Path, target: Path, names: Iterable[str]) -> list[str]:
+    """Copy the named files that exist in `source`, as regular files; returns those copied.
+
+    Each must resolve inside the source model's root (a link to a file elsewhere is refused,
+    never published in the output)."""
+    root = ModelRoot.of(source)
+    copied = []
+    for name in names:
+        if root.exists(name):
+            root.copy(name, target / name)
+            copied.append(name)
+    return copied

@@ -16,8 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.evaluate import Results
 from evomerge.evaluate.objectives import Objectives
-from evomerge.search.pareto import chosen, feasible, hypervolume, oriented, pareto_front
 from evomerge.search.budget import counted
+from evomerge.search.pareto import chosen, feasible, hypervolume, oriented, pareto_front
 
 FRONT_TEST = "front_test_results"  # study user attr: {trial number: test results}
 

@@ -54,7 +54,9 @@ def run_search(
         while trials_done(study) < budget and not stop.requested:
             if budget_held_elsewhere(study, budget, cfg.heartbeat_s):
                 continue  # running trials hold the rest of the budget
-            one_trial(study, lambda trial: objective(trial, space, scorer, worker, budget, goals), worker)
+            one_trial(
+                study, lambda trial: objective(trial, space, scorer, worker, budget, goals), worker
+            )
             best = record(cfg, study, space, bar, best)
     return finish(cfg, study, space, scorer)
 

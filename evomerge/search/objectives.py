@@ -12,11 +12,11 @@ from optuna.study import StudyDirection
 from evomerge.errors import SearchError
 from evomerge.evaluate import Results, load_tasks
 from evomerge.evaluate.objectives import Objectives, SourceScores
+from evomerge.model_ref import resolve_reference
 from evomerge.recipe import ModelSpec, Recipe
 from evomerge.search.config import SearchConfig
 from evomerge.search.pareto import OBJECTIVES
 from evomerge.search.scorer import CandidateScorer
-from evomerge.model_ref import resolve_reference
 
 SOURCE_SCORES = "source_scores"  # study user attr: {source: {task: {metric: value}}}
 OBJECTIVE_NAMES = "objective_names"  # study user attr: the objectives' names, in order
