@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from evomerge.errors import ConfigError, EvaluationError
@@ -34,21 +33,6 @@ class Objective:
     @property
     def tasks(self) -> list[str]:
         return list(dict.fromkeys(t.task for t in self.terms))
-
-    @classmethod
-    def parse(cls, items: Sequence[Mapping[str, object]]) -> Objective:
-        terms = []
-        for i, item in enumerate(items):
-            if not isinstance(item, Mapping) or "task" not in item or "metric" not in item:
-                raise ConfigError(
-                    f"task.fitness[{i}]: expected a mapping with keys task, metric "
-                    f"(and optional weight), got {item!r}"
-                )
-            weight = item.get("weight", 1.0)
-            if not isinstance(weight, int | float):
-                raise ConfigError(f"task.fitness[{i}].weight: must be a number, got {weight!r}")
-            terms.append(Term(str(item["task"]), str(item["metric"]), float(weight)))
-        return cls(tuple(terms))
 
 
 def fitness(results: Results, objective: Objective) -> float:

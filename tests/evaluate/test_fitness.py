@@ -2,6 +2,7 @@ import pytest
 
 from evomerge.errors import ConfigError, EvaluationError
 from evomerge.evaluate import Objective, Term, fitness
+from evomerge.evaluate.objectives import parse_terms
 
 RESULTS = {"fit": {"acc": 0.5, "ja": 0.9}, "probe": {"acc": 0.25}}
 
@@ -12,7 +13,9 @@ def test_weighted_sum_of_named_metrics():
 
 
 def test_parse_defaults_weight_to_one_and_lists_tasks_once():
-    obj = Objective.parse([{"task": "fit", "metric": "acc"}, {"task": "fit", "metric": "ja"}])
+    obj = parse_terms(
+        [{"task": "fit", "metric": "acc"}, {"task": "fit", "metric": "ja"}], "task.fitness"
+    )
     assert obj.terms[0].weight == 1.0
     assert obj.tasks == ["fit"]
 
@@ -29,18 +32,21 @@ def test_missing_metric_is_an_error_naming_what_is_available():
 @pytest.mark.parametrize(
     ("items", "message"),
     [
-        ([], "at least one"),
+        ([], r"task.fitness: expected a non-empty list"),
         ([{"task": "fit"}], r"task.fitness\[0\]: expected a mapping with keys task, metric"),
         (
             [{"task": "a", "metric": "m", "weight": "x"}],
-            r"task.fitness\[0\].weight: must be a number",
+            r"task.fitness\[0\].weight: must be a finite number",
         ),
-        ([{"task": "a", "metric": "m", "weight": float("nan")}], r"weight: must be finite"),
+        (
+            [{"task": "a", "metric": "m", "weight": float("nan")}],
+            r"weight: must be a finite number",
+        ),
     ],
 )
 def test_bad_objectives_are_config_errors(items, message):
     with pytest.raises(ConfigError, match=message):
-        Objective.parse(items)
+        parse_terms(items, "task.fitness")
 
 
 def test_metric_names_drop_a_single_filter_and_keep_several():
