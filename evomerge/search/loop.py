@@ -32,7 +32,7 @@ from evomerge.search.outputs import finish, progress_bar, recipe_hash, record
 from evomerge.search.run_space import RunSpace
 from evomerge.search.scorer import CandidateScorer, Scored, make_scorer
 from evomerge.search.space import build_space
-from evomerge.search.study import open_study
+from evomerge.search.study import opened_study
 
 
 class CandidateError(EvomergeError):
@@ -45,20 +45,22 @@ def run_search(
     """Run (or resume) the search of `cfg.run` until its trial budget is used; returns the
     summary also written to `<run_dir>/summary.json`. `space`: the run's, if built already."""
     space = space or build_space(cfg)
-    study = open_study(cfg, space)
-    scorer = make_scorer(cfg, space)
-    goals = run_goals(cfg, study, scorer)
-    worker, budget, best = f"{socket.gethostname()}:{os.getpid()}", cfg.optimizer.n_trials, -1
-    stop = StopFlag()
-    with stop.installed(), progress_bar(cfg, study, progress) as bar:
-        while trials_done(study) < budget and not stop.requested:
-            if budget_held_elsewhere(study, budget, cfg.heartbeat_s):
-                continue  # running trials hold the rest of the budget
-            one_trial(
-                study, lambda trial: objective(trial, space, scorer, worker, budget, goals), worker
-            )
-            best = record(cfg, study, space, bar, best)
-    return finish(cfg, study, space, scorer)
+    with opened_study(cfg, space) as study:
+        scorer = make_scorer(cfg, space)
+        goals = run_goals(cfg, study, scorer)
+        worker, budget, best = f"{socket.gethostname()}:{os.getpid()}", cfg.optimizer.n_trials, -1
+        stop = StopFlag()
+        with stop.installed(), progress_bar(cfg, study, progress) as bar:
+            while trials_done(study) < budget and not stop.requested:
+                if budget_held_elsewhere(study, budget, cfg.heartbeat_s):
+                    continue  # running trials hold the rest of the budget
+                one_trial(
+                    study,
+                    lambda trial: objective(trial, space, scorer, worker, budget, goals),
+                    worker,
+                )
+                best = record(cfg, study, space, bar, best)
+        return finish(cfg, study, space, scorer)
 
 
 def objective(

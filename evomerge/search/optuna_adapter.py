@@ -40,6 +40,28 @@ def heartbeat_storage(
         )
 
 
+def close_storage(study: optuna.Study) -> None:
+    """Close the study's database connections now rather than at garbage collection: the last
+    connection to an SQLite study file in WAL mode folds the log back into the file and
+    removes it, so a finished run directory holds one complete `study.db`."""
+    engine = getattr(getattr(storage_of(study), "_backend", storage_of(study)), "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
+def study_user_attrs(url: str, study_name: str) -> dict[str, Any]:
+    """The user attributes of a stored study ({} if there is none), read on connections that
+    are closed before this returns (a reader left open would change the study file later)."""
+    storage = RDBStorage(url)
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+        return storage.get_study_user_attrs(study_id)
+    except KeyError:
+        return {}
+    finally:
+        storage.engine.dispose()
+
+
 def storage_of(study: optuna.Study) -> Any:
     """The study's storage (an RDBStorage, or Optuna's cache around one)."""
     return study._storage

@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import sqlite3
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
@@ -15,7 +16,11 @@ from evomerge.errors import SearchError
 from evomerge.genome import GenomeSpace
 from evomerge.search.config import SearchConfig
 from evomerge.search.objectives import check_directions, study_directions
-from evomerge.search.optuna_adapter import heartbeat_storage
+from evomerge.search.optuna_adapter import (
+    close_storage,
+    heartbeat_storage,
+    study_user_attrs,
+)
 from evomerge.search.pareto import chosen
 from evomerge.search.samplers import make_sampler
 
@@ -81,15 +86,24 @@ def open_study(cfg: SearchConfig, space: GenomeSpace) -> optuna.Study:
     return study
 
 
+@contextlib.contextmanager
+def opened_study(cfg: SearchConfig, space: GenomeSpace) -> Iterator[optuna.Study]:
+    """`open_study`, with the storage's connections closed when the block ends."""
+    study = open_study(cfg, space)
+    try:
+        yield study
+    finally:
+        close_storage(study)
+
+
 def check_resumable(cfg: SearchConfig, space: GenomeSpace) -> None:
     """Refuse, before anything is written, a run whose existing study has another space."""
     if cfg.storage is None and not (cfg.run_dir / "study.db").is_file():
         return  # a new run
     try:
-        summaries = optuna.get_all_study_summaries(storage=sqlalchemy_url(cfg.storage_url))
+        stored = study_user_attrs(sqlalchemy_url(cfg.storage_url), cfg.run)
     except Exception:  # any storage error is open_study's to retry and report
         return
-    stored = next((s.user_attrs for s in summaries if s.study_name == cfg.run), {})
     check_fingerprint(cfg, space, stored.get("space_fingerprint"))
 
 

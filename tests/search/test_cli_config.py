@@ -65,6 +65,8 @@ def test_a_rejected_rerun_leaves_the_run_as_it_was(toy_cache, tmp_path, capsys):
     assert search(tmp_path) == 0
     capsys.readouterr()
     run_dir = tmp_path / "r"
+    # A finished run closes its study: the write-ahead log is folded back into study.db.
+    assert not (run_dir / "study.db-wal").exists()
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     for override in ("space.layers_per_group=2", "space.method=ties", "space.weight_range=[1,0]"):
         assert search(tmp_path, override) == 2
