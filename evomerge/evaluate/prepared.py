@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,9 @@ from evomerge.evaluate.settings import EvalSettings
 from evomerge.evaluate.tasks import TaskSet
 
 RawResults = dict[str, dict[str, float]]  # task -> {"metric,filter": value}
+# task -> "metric,filter" -> one value per scored document, in the order of Run.item_ids[task]
+ItemValues = dict[str, dict[str, list[float]]]
+DocSubset = Mapping[str, Collection[int]]  # task -> the doc ids to generate (others skipped)
 
 
 @dataclass
@@ -34,6 +39,9 @@ class Run:
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     model_seconds: float = 0.0
     gen_tokens: dict[str, float] = field(default_factory=dict)  # task -> mean generated tokens
+    item_ids: dict[str, list[int]] = field(default_factory=dict)  # scored doc ids per task
+    item_values: ItemValues = field(default_factory=dict)
+    tokens: int = 0  # tokens of all generated continuations (cut at the stop sequence)
 
 
 def build_requests(lm: Any, tasks: TaskSet, settings: EvalSettings) -> None:
@@ -59,15 +67,26 @@ def build_requests(lm: Any, tasks: TaskSet, settings: EvalSettings) -> None:
 
 
 def run_requests(
-    lm: Any, tasks: TaskSet, settings: EvalSettings, *, log_samples: bool = False
+    lm: Any,
+    tasks: TaskSet,
+    settings: EvalSettings,
+    *,
+    log_samples: bool = False,
+    only: DocSubset | None = None,
 ) -> Run:
-    """Score the model behind `lm` on the prepared requests."""
+    """Score the model behind `lm` on the prepared requests; with `only`, on those documents
+    of the tasks it names (a task it leaves out is scored in full): the others are neither
+    generated nor scored, so the aggregate metrics are over the subset."""
     build_requests(lm, tasks, settings)
     by_type: dict[str, list[Any]] = defaultdict(list)
-    for task in tasks.tasks.values():
+    chosen: dict[str, list[Any]] = {}
+    for name, task in tasks.tasks.items():
+        keep = None if only is None or name not in only else set(only[name])
+        chosen[name] = [i for i in task.instances if keep is None or i.doc_id in keep]
         for inst in task.instances:
             inst.resps.clear()
             inst.filtered_resps.clear()
+        for inst in chosen[name]:
             by_type[inst.request_type].append(inst)
     run = Run(results={})
     for reqtype, reqs in by_type.items():
@@ -78,11 +97,33 @@ def run_requests(
         for resp, req in zip(resps, cloned, strict=True):
             req.resps.append(resp)
     for name, task in tasks.tasks.items():
-        run.results[name], run.samples[name] = _score_task(task, tasks.docs[name], log_samples)
-        texts = [r for i in task.instances if i.request_type == "generate_until" for r in i.resps]
+        docs = tasks.docs[name]
+        if only is not None and name in only:
+            keep = set(only[name])
+            docs = [(i, d) for i, d in docs if i in keep]
+        with restricted(task, chosen[name]):
+            run.results[name], run.samples[name], run.item_values[name] = _score_task(
+                task, docs, log_samples
+            )
+        run.item_ids[name] = [i for i, _ in docs]
+        texts = [r for i in chosen[name] if i.request_type == "generate_until" for r in i.resps]
         if texts:
-            run.gen_tokens[name] = count_tokens(lm, texts) / len(texts)
+            tokens = count_tokens(lm, texts)
+            run.tokens += tokens
+            run.gen_tokens[name] = tokens / len(texts)
     return run
+
+
+@contextmanager
+def restricted(task: Any, instances: list[Any]) -> Iterator[None]:
+    """The task's filters run over `instances` only: lm-eval applies them to all its requests,
+    and a request that was not generated has no response to filter."""
+    every = task._instances
+    task._instances = instances
+    try:
+        yield
+    finally:
+        task._instances = every
 
 
 def count_tokens(lm: Any, texts: list[str]) -> int:
@@ -97,9 +138,11 @@ def count_tokens(lm: Any, texts: list[str]) -> int:
 
 def _score_task(
     task: Any, docs: list[tuple[int, Any]], log_samples: bool
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
+) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, list[float]]]:
     from lm_eval.api.metrics import mean
 
+    if not task.instances:  # a subset with none of this task's documents
+        return {}, [], {}
     task.apply_filters()
     by_doc: dict[int, list[Any]] = defaultdict(list)
     for inst in task.instances:
@@ -130,4 +173,10 @@ def _score_task(
         f"{metric},{fk}": float(aggregation.get(metric, mean)(values))
         for (metric, fk), values in raw.items()
     }
-    return out, logged
+    per_item = {f"{metric},{fk}": [_number(v) for v in vs] for (metric, fk), vs in raw.items()}
+    return out, logged, per_item
+
+
+def _number(value: Any) -> float:
+    """A per-item metric value as a float (NaN where it is no number, e.g. a BLEU tuple)."""
+    return float(value) if isinstance(value, int | float) else float("nan")

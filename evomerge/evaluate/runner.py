@@ -15,7 +15,7 @@ from evomerge.evaluate.backends import Backend
 from evomerge.evaluate.fitness import Results
 from evomerge.evaluate.guard import CandidateFailed, is_oom
 from evomerge.evaluate.objectives import GEN_TOKENS
-from evomerge.evaluate.prepared import run_requests
+from evomerge.evaluate.prepared import DocSubset, ItemValues, run_requests
 from evomerge.evaluate.tasks import TaskSet
 
 
@@ -28,10 +28,21 @@ class Evaluation:
     seconds: float
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     generate_seconds: float = 0.0
+    item_ids: dict[str, list[int]] = field(default_factory=dict)  # documents scored, per task
+    item_values: ItemValues = field(default_factory=dict)  # per-document metric values
+    tokens: int = 0  # tokens generated, all tasks together
+
+    @property
+    def items(self) -> int:
+        """Documents generated (and scored), all tasks together."""
+        return sum(len(ids) for ids in self.item_ids.values())
 
 
-def evaluate(backend: Backend, tasks: TaskSet, *, log_samples: bool = False) -> Evaluation:
-    """Score the backend's current weights on the prepared tasks.
+def evaluate(
+    backend: Backend, tasks: TaskSet, *, log_samples: bool = False, only: DocSubset | None = None
+) -> Evaluation:
+    """Score the backend's current weights on the prepared tasks (with `only`: on those
+    documents of the tasks it names; see prepared.run_requests).
 
     Raises CandidateFailed (an EvaluationError with `.reason` nan / oom / timeout); the backend
     stays usable for the next candidate.
@@ -45,7 +56,7 @@ def evaluate(backend: Backend, tasks: TaskSet, *, log_samples: bool = False) -> 
     t0 = time.perf_counter()
     try:
         with armed, torch.inference_mode():
-            run = run_requests(backend.lm, tasks, s, log_samples=log_samples)
+            run = run_requests(backend.lm, tasks, s, log_samples=log_samples, only=only)
     except CandidateFailed:
         raise
     except Exception as e:
@@ -58,7 +69,15 @@ def evaluate(backend: Backend, tasks: TaskSet, *, log_samples: bool = False) -> 
     results = {name: _metrics(run.results.get(name, {})) for name in tasks.tasks}
     for name, mean_tokens in run.gen_tokens.items():
         results[name][GEN_TOKENS] = mean_tokens  # an objective may minimize reasoning length
-    return Evaluation(results, seconds, run.samples if log_samples else {}, run.model_seconds)
+    return Evaluation(
+        results,
+        seconds,
+        run.samples if log_samples else {},
+        run.model_seconds,
+        run.item_ids,
+        run.item_values,
+        run.tokens,
+    )
 
 
 NOT_METRICS = ("alias", "sample_len", "sample_count")
