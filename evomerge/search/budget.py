@@ -4,18 +4,27 @@ Trial numbers are handed out by the storage in creation order, so "trials before
 total order for all workers: a trial is within budget iff budget_held(study, trial.number) <
 budget. A dead worker's RUNNING trial is failed by the storage's heartbeat and its genome
 enqueued again; its retry takes the lost trial's place.
+
+The loop keeps these counts in a `Ledger`, refreshed from the trials that are new or were
+unfinished at its last read: a candidate's bookkeeping then costs the same at the 3,000th
+trial as at the 10th (the study-wide reads below stay as the reference the tests compare with).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime
+import statistics
 import time
+from collections import deque
+from collections.abc import Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.search import optuna_adapter as adapter
+from evomerge.search.pareto import chosen, feasible
 
 FAILURE = "failure_reason"  # user attr of a candidate that failed (nan, oom, timeout, merge)
 SURPLUS = "surplus"  # user attr of a trial created after the budget was held (PRUNED, unused)
@@ -52,25 +61,30 @@ def budget_held(study: optuna.Study, before: int | None = None) -> int:
     return held
 
 
-def budget_held_elsewhere(study: optuna.Study, budget: int, heartbeat_s: int) -> bool:
+def budget_held_elsewhere(
+    study: optuna.Study, ledger: Ledger, budget: int, heartbeat_s: int
+) -> bool:
     """Before a new candidate: True (after a short wait) while running trials hold the rest of
     the budget, so this worker starts none; their workers finish them, or, when one is dead,
-    its heartbeat expires, the trial fails and its genome is retried by whoever asks next."""
+    its heartbeat expires, the trial fails and its genome is retried by whoever asks next.
+    Refreshes the ledger (other workers' trials)."""
     # The heartbeat starts right after a trial is created; only a worker killed in between
     # leaves a trial it never covers. A long grace keeps this from failing a live worker that
     # is slow to its first parameter (a busy machine, a slow sampler).
-    fail_abandoned_trials(study, grace_s=max(10 * heartbeat_s, 60))
-    if budget_held(study) < budget:
+    running = ledger.refresh().running()
+    if fail_abandoned_trials(study, grace_s=max(10 * heartbeat_s, 60), running=running):
+        ledger.refresh()
+    if ledger.held() < budget:
         return False
     optuna.storages.fail_stale_trials(study)
     time.sleep(min(heartbeat_s, 2))
     return True
 
 
-def surplus(trial: optuna.Trial, budget: int) -> bool:
+def surplus(trial: optuna.Trial, ledger: Ledger, budget: int) -> bool:
     """Whether another worker took the last place between our budget check and this trial's
     creation; such a trial gives way before it samples anything (PRUNED, not counted)."""
-    if budget_held(trial.study, before=trial.number) < budget:
+    if ledger.refresh().held(before=trial.number) < budget:
         return False
     trial.set_user_attr(SURPLUS, True)
     return True
@@ -88,7 +102,9 @@ def beat_before_parameters(trial: optuna.Trial) -> None:
         adapter.record_heartbeat(trial.storage, trial)
 
 
-def fail_abandoned_trials(study: optuna.Study, grace_s: float) -> int:
+def fail_abandoned_trials(
+    study: optuna.Study, grace_s: float, running: Sequence[FrozenTrial] | None = None
+) -> int:
     """Settle RUNNING trials that a dead worker left before their first heartbeat; returns
     how many.
 
@@ -100,11 +116,14 @@ def fail_abandoned_trials(study: optuna.Study, grace_s: float) -> int:
     given the heartbeat its worker never wrote: that beat goes stale, and the heartbeat check
     fails the trial and retries its genome, as for any lost trial. Where the storage cannot
     tell which trials have a heartbeat, a trial counts as abandoned when it has no parameter.
+    `running`: the RUNNING trials, where the caller has them (a Ledger).
     """
     now = datetime.datetime.now()
+    if running is None:
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     old = [
         t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        for t in running
         if t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace_s
     ]
     if not old:
@@ -120,3 +139,96 @@ def fail_abandoned_trials(study: optuna.Study, grace_s: float) -> int:
         with contextlib.suppress(RuntimeError, ValueError):  # another worker got there first
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
     return len(abandoned)
+
+
+class Ledger:
+    """The study's counts, updated from the trials new since the last refresh (a finished
+    trial never changes, so it is added once): budget used and held, the best trial (as
+    study.best_trial), the latest values (racing's median), the items and tokens generated."""
+
+    def __init__(self, study: optuna.Study, window: int = 10) -> None:
+        self.study = study
+        self._last_id = -1  # the largest trial id read so far
+        self._open: dict[int, FrozenTrial] = {}  # trial id -> latest copy, not yet finished
+        self._counted: list[int] = []  # sorted numbers of finished trials that use budget
+        self._best: dict[bool, FrozenTrial] = {}  # feasible? -> best (one objective)
+        self._complete: list[FrozenTrial] = []  # several objectives: the front needs them all
+        self.last_complete: FrozenTrial | None = None
+        self.recent: deque[float] = deque(maxlen=window)  # latest completed primary values
+        self.failed = 0
+        self.items = 0  # documents generated by finished trials
+        self.tokens = 0
+        self.candidate_seconds = 0.0
+
+    def refresh(self) -> Ledger:
+        for t in adapter.trials_since(self.study, self._last_id, set(self._open)):
+            self._last_id = max(self._last_id, adapter.trial_id(t))
+            if t.state.is_finished():
+                self._open.pop(adapter.trial_id(t), None)
+                self._add(t)
+            else:
+                self._open[adapter.trial_id(t)] = t
+        return self
+
+    def _add(self, t: FrozenTrial) -> None:
+        if counted(t):
+            bisect.insort(self._counted, t.number)
+        attrs = t.user_attrs
+        self.failed += FAILURE in attrs
+        self.items += int(attrs.get("items", 0))
+        self.tokens += int(attrs.get("tokens", 0))
+        self.candidate_seconds += trial_seconds(t)
+        if t.state != TrialState.COMPLETE or not t.values:
+            return
+        self.recent.append(t.values[0])
+        if self.last_complete is None or t.number > self.last_complete.number:
+            self.last_complete = t
+        if len(self.study.directions) > 1:
+            self._complete.append(t)
+            return
+        sign = 1.0 if self.study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        ok = feasible(t)
+        held = self._best.get(ok)  # ties go to the earliest trial (the uniform merge first)
+        if held is None or (sign * t.values[0], -t.number) > (sign * held.values[0], -held.number):
+            self._best[ok] = t
+
+    @property
+    def best(self) -> FrozenTrial | None:
+        """The run's answer, as study.best_trial (pareto.chosen) gives it."""
+        if len(self.study.directions) > 1:
+            return chosen(self._complete, self.study.directions)
+        return self._best.get(True) or self._best.get(False)
+
+    @property
+    def done(self) -> int:
+        """Trials that used budget (as trials_done)."""
+        return len(self._counted)
+
+    def running(self) -> list[FrozenTrial]:
+        return [t for t in self._open.values() if t.state == TrialState.RUNNING]
+
+    def held(self, before: int | None = None) -> int:
+        """Budget used or in use (as budget_held)."""
+        if before is None:
+            return self.done + len(self.running())
+        live = sum(
+            t.number < before and t.state in (TrialState.RUNNING, TrialState.WAITING)
+            for t in self._open.values()
+        )
+        return bisect.bisect_left(self._counted, before) + live
+
+    def median(self) -> float | None:
+        """The median of the latest `window` completed values (a generation's); None before
+        there are that many."""
+        if len(self.recent) < (self.recent.maxlen or 0):
+            return None
+        return statistics.median(self.recent)
+
+
+def trial_seconds(t: FrozenTrial) -> float:
+    """A scored or failed candidate's seconds (as report.candidate_seconds); 0 for others."""
+    if t.datetime_complete is None or t.datetime_start is None:
+        return 0.0
+    if t.state != TrialState.COMPLETE and FAILURE not in t.user_attrs:
+        return 0.0
+    return (t.datetime_complete - t.datetime_start).total_seconds()

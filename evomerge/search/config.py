@@ -11,12 +11,14 @@ from typing import Any
 from evomerge.config import check_keys, typed, typed_pair
 from evomerge.errors import ConfigError
 from evomerge.evaluate import EvalSettings, Objective
+from evomerge.evaluate.estimator import EstimatorSpec
 from evomerge.evaluate.objectives import Goal, Objectives, parse_objectives
 
 SAMPLERS = ("cmaes", "pycma", "random", "tpe", "nsga2")
 SINGLE_OBJECTIVE_SAMPLERS = ("cmaes", "pycma")  # CMA-ES ranks candidates by one value
 CROSSOVERS = ("sbx", "uniform")  # NSGA-II's recombination of two parents (see nsga2.yaml)
 SPACE_KINDS = ("ps", "dfs", "ps_dfs")
+X0_CHOICES = ("uniform", "grid")  # space.x0: where CMA-ES starts (search/warmstart.py)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class PSSpec:
     x0_density: float
     parameters: Mapping[str, Any] = field(default_factory=dict)  # the method's fixed ones
     kind: str = "ps"
+    x0: str = "uniform"  # grid: score a coarse uniform grid first, start at its best
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ class SearchConfig:
     evaluator: EvalSettings
     sqlite_wal: bool = True
     merge_device: str | None = None  # None: see `merge_on`
+    estimator: EstimatorSpec = field(default_factory=EstimatorSpec)  # configs/estimator/
 
     @property
     def merge_on(self) -> str:
@@ -173,6 +177,8 @@ def _search_config(cfg: dict[str, Any]) -> SearchConfig:
             f"has {len(task.goals.goals)}; use optimizer=nsga2, optimizer=motpe or "
             "optimizer=random"
         )
+    estimator = estimator_spec(cfg.get("estimator") or {})
+    check_estimator(estimator, task)
     return SearchConfig(
         run=run,
         results_dir=Path(typed(cfg["results_dir"], str, "results_dir")),
@@ -189,7 +195,51 @@ def _search_config(cfg: dict[str, Any]) -> SearchConfig:
         evaluator=EvalSettings.from_dict(dict(cfg["evaluator"])),
         sqlite_wal=typed(cfg.get("sqlite_wal", True), bool, "sqlite_wal"),
         merge_device=None if merge_device is None else str(merge_device),
+        estimator=estimator,
     )
+
+
+def estimator_spec(raw: Mapping[str, Any]) -> EstimatorSpec:
+    check_keys("estimator", raw, EstimatorSpec.__dataclass_fields__)
+    d = EstimatorSpec()
+    fit_trials = raw.get("fit_trials")
+
+    def get(key: str, kind: type) -> Any:
+        return typed(raw.get(key, getattr(d, key)), kind, f"estimator.{key}")
+
+    return EstimatorSpec(
+        name=get("name", str),
+        kind=get("kind", str),
+        n=get("n", int),
+        select=get("select", str),
+        model=get("model", str),
+        fit_trials=None if fit_trials is None else typed(fit_trials, int, "estimator.fit_trials"),
+        seed=get("seed", int),
+        race=get("race", bool),
+        chunk=get("chunk", int),
+        race_z=get("race_z", float),
+        rescore_top=get("rescore_top", int),
+    )
+
+
+def check_estimator(estimator: EstimatorSpec, task: TaskSpec) -> None:
+    """Estimates serve one fitness: several objectives or constraints read other metrics of
+    the same documents, which a subset or a stopped race would bias."""
+    goals = task.goals
+    if estimator.estimates and (len(goals.goals) > 1 or goals.constraints):
+        key = "estimator.kind" if estimator.kind != "full" else "estimator.race"
+        value = estimator.kind if estimator.kind != "full" else "true"
+        raise ConfigError(
+            f"{key}: {value} estimates one fitness, task.objectives/constraints has "
+            f"{len(goals.goals)} objective(s) and {len(goals.constraints)} constraint(s); "
+            "use estimator=full with several objectives"
+        )
+    terms = task.objective.terms
+    if estimator.race and (len(terms) != 1 or terms[0].weight <= 0):
+        raise ConfigError(
+            "estimator.race: needs a fitness of one term with a positive weight "
+            f"(task.fitness), got {len(terms)} term(s)"
+        )
 
 
 def task_spec(task: dict[str, Any], source_names: list[str]) -> TaskSpec:
@@ -236,6 +286,15 @@ def optimizer_spec(opt: dict[str, Any]) -> OptimizerSpec:
 
 
 PS_KEYS = ("name", "kind", *(f for f in PSSpec.__dataclass_fields__ if f != "kind"))
+
+
+def x0_choice(value: Any) -> str:
+    x0 = typed(value, str, "space.x0")
+    if x0 not in X0_CHOICES:
+        raise ConfigError(f"space.x0: must be one of {X0_CHOICES}, got {x0!r}")
+    return str(x0)
+
+
 DFS_KEYS = ("name", "kind", "sources", "repeats", "scaling", "scale_range", "max_path_length")
 
 
@@ -254,6 +313,7 @@ def space_spec(space: dict[str, Any]) -> PSSpec | DFSSpec:
             x0_weight=typed(space["x0_weight"], float, "space.x0_weight"),
             x0_density=typed(space["x0_density"], float, "space.x0_density"),
             parameters=dict(space.get("parameters") or {}),
+            x0=x0_choice(space.get("x0", "uniform")),
         )
     check_keys(f"space ({kind})", space, (*DFS_KEYS, "ps_recipe") if kind == "ps_dfs" else DFS_KEYS)
     sources, limit, ps_recipe = (

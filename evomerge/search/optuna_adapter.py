@@ -102,6 +102,18 @@ def trials_with_heartbeat(study: optuna.Study, trials: Sequence[FrozenTrial]) ->
         return None
 
 
+def trials_since(study: optuna.Study, last_id: int, open_ids: set[int]) -> list[FrozenTrial]:
+    """The trials with an id above `last_id`, and those of `open_ids`, by id: one query on
+    Optuna's relational storage (its `_get_trials`, which its cache uses the same way); on
+    another storage, filtered from all trials."""
+    storage = storage_of(study)
+    backend = getattr(storage, "_backend", storage)
+    if isinstance(backend, RDBStorage):
+        return list(backend._get_trials(study._study_id, None, set(open_ids), last_id))
+    trials = study.get_trials(deepcopy=False)
+    return [t for t in trials if trial_id(t) > last_id or trial_id(t) in open_ids]
+
+
 def retried_numbers(trial: FrozenTrial) -> list[int]:
     """Numbers of the lost trials that this trial retries (the heartbeat's retry history).
 

@@ -18,21 +18,20 @@ from evomerge.evaluate import Results, TaskSet, load_tasks
 from evomerge.files import write_text_atomic
 from evomerge.genome import GenomeSpace
 from evomerge.recipe import Recipe, dump_recipe
-from evomerge.search.budget import FAILURE, trials_done
+from evomerge.search.budget import Ledger
 from evomerge.search.config import SearchConfig
+from evomerge.search.estimation import Estimation, rescored_items
 from evomerge.search.front import front_summary
 from evomerge.search.objectives import describe, primary_value
-from evomerge.search.report import candidate_seconds
 from evomerge.search.scorer import CandidateScorer
 from evomerge.search.space import RunSpace
-from evomerge.search.study import best_trial
 
 
-def progress_bar(cfg: SearchConfig, study: optuna.Study, enabled: bool) -> tqdm:
+def progress_bar(cfg: SearchConfig, done: int, enabled: bool) -> tqdm:
     budget = cfg.optimizer.n_trials
     return tqdm(
         total=budget,
-        initial=min(trials_done(study), budget),
+        initial=min(done, budget),
         desc=cfg.run,
         unit="cand",
         disable=not enabled,
@@ -58,17 +57,13 @@ def progress_fields(
 
 
 def record(
-    cfg: SearchConfig, study: optuna.Study, space: GenomeSpace, bar: tqdm, best_number: int
+    cfg: SearchConfig, ledger: Ledger, space: GenomeSpace, bar: tqdm, best_number: int
 ) -> int:
     """Advance the progress bar; rewrite best_recipe.yaml when the best trial changed."""
-    done = trials_done(study)
-    bar.update(min(done, int(bar.total or 0)) - int(bar.n))
-    best = best_trial(study)
-    if best is None:
+    bar.update(min(ledger.done, int(bar.total or 0)) - int(bar.n))
+    best, last = ledger.best, ledger.last_complete  # any worker's
+    if best is None or last is None:
         return best_number
-    # The latest scored candidate (any worker's); `study.trials` would deep-copy them all.
-    scored = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    last = max(scored, key=lambda t: t.number)
     bar.set_postfix(progress_fields(best, last), refresh=False)
     if best.number != best_number:
         write_best_recipe(cfg.run_dir, genome_recipe(space, best), best)
@@ -83,24 +78,33 @@ def recipe_hash(recipe: Recipe) -> str:
     return hashlib.sha256(dump_recipe(recipe).encode()).hexdigest()
 
 
-def write_best_recipe(run_dir: Path, recipe: Recipe, trial: optuna.trial.FrozenTrial) -> None:
+def write_best_recipe(
+    run_dir: Path, recipe: Recipe, trial: optuna.trial.FrozenTrial, full: float | None = None
+) -> None:
+    """best_recipe.yaml; `full`: the trial's full-split fitness where its own is an estimate."""
+    told = describe(trial)
+    if trial.user_attrs.get("estimated"):
+        told = f"estimated {told}" if full is None else f"fitness {full!r} (estimate: {told})"
     header = (
-        f"# best candidate of this run so far: trial {trial.number}, {describe(trial)}\n"
+        f"# best candidate of this run so far: trial {trial.number}, {told}\n"
         f"# merge it: python -m evomerge merge {run_dir / 'best_recipe.yaml'} OUT_DIR\n"
     )
     write_text_atomic(run_dir / "best_recipe.yaml", header + dump_recipe(recipe))
 
 
 def finish(
-    cfg: SearchConfig, study: optuna.Study, space: RunSpace, scorer: CandidateScorer
+    cfg: SearchConfig, study: optuna.Study, space: RunSpace, estimation: Estimation, ledger: Ledger
 ) -> dict[str, Any]:
-    """Score the winner on the held-out test tasks (once per winner) and write summary.json."""
-    best = best_trial(study)
-    summary: dict[str, Any] = {"run": cfg.run, "trials": trials_done(study)}
+    """Score the winner on the full fitness split (where its fitness is an estimate) and on
+    the held-out test tasks (once per winner), and write summary.json."""
+    scorer = estimation.scorer
+    summary: dict[str, Any] = {"run": cfg.run, "trials": ledger.done}
+    decode = lambda t: genome_recipe(space, t)  # noqa: E731
+    best, value, metrics = estimation.rescore_winner(study, ledger.best, decode)
     if best is None:
         return summary
     recipe = genome_recipe(space, best)
-    write_best_recipe(cfg.run_dir, recipe, best)
+    write_best_recipe(cfg.run_dir, recipe, best, value)
     for name, text in space.winner_files(cfg.run_dir, recipe, best).items():
         write_text_atomic(cfg.run_dir / name, text)
     test = study.user_attrs.get("test_results", {})
@@ -110,12 +114,17 @@ def finish(
         study.set_user_attr("test_results", test)
     summary.update(
         best_trial=best.number,
-        fitness=primary_value(best),
-        fitness_metrics=best.user_attrs.get("metrics"),
+        fitness=value,  # on the whole fitness split, never an estimate
+        fitness_metrics=metrics or best.user_attrs.get("metrics"),
         test_metrics=test.get("results"),
-        failed=sum(FAILURE in t.user_attrs for t in study.get_trials(deepcopy=False)),
-        candidate_seconds=round(candidate_seconds(study.get_trials(deepcopy=False)), 3),
+        failed=ledger.failed,
+        candidate_seconds=round(ledger.candidate_seconds, 3),
         recipe_sha256=recipe_hash(recipe),
+        estimator=cfg.estimator.name,
+        best_estimate=primary_value(best),  # the winner's fitness as the search saw it
+        items_generated=ledger.items,  # fitness documents generated by all trials
+        tokens_generated=ledger.tokens,
+        items_rescored=rescored_items(study),  # documents generated to re-score finalists
         written=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
     if len(study.directions) > 1 or cfg.task.goals.constraints:

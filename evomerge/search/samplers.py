@@ -18,10 +18,14 @@ from evomerge.genome import GenomeSpace
 from evomerge.search.config import OptimizerSpec
 
 
-def make_sampler(spec: OptimizerSpec, space: GenomeSpace, seed: int) -> BaseSampler:
+def make_sampler(
+    spec: OptimizerSpec, space: GenomeSpace, seed: int, x0: np.ndarray | None = None
+) -> BaseSampler:
+    """The optimizer's sampler; CMA-ES starts at `x0` (default: the space's uniform merge)."""
+    start = space.x0() if x0 is None else x0
     if spec.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(
-            x0=dict(zip(space.names, space.x0().tolist(), strict=True)),
+            x0=dict(zip(space.names, start.tolist(), strict=True)),
             sigma0=spec.sigma0,
             seed=seed,
             n_startup_trials=0,
@@ -41,7 +45,7 @@ def make_sampler(spec: OptimizerSpec, space: GenomeSpace, seed: int) -> BaseSamp
                 f"got {spec.restart_strategy!r}; set it to null or use sampler=cmaes"
             )
         return PyCmaSampler(
-            x0=space.x0(),
+            x0=start,
             names=space.names,
             sigma0=spec.sigma0,
             seed=seed,

@@ -23,6 +23,7 @@ from evomerge.search.optuna_adapter import (
 )
 from evomerge.search.pareto import chosen
 from evomerge.search.samplers import make_sampler
+from evomerge.search.warmstart import GRID_SIZE, grid_points
 
 OPEN_ATTEMPTS = 5  # tries to open the storage (see open_study)
 SEEDED = "seeded"  # study user attr: its first candidates (x0, warm starts) are enqueued
@@ -123,10 +124,14 @@ def seeded(study: optuna.Study) -> bool:
 
 def seed_first_candidates(study: optuna.Study, cfg: SearchConfig, space: GenomeSpace) -> None:
     """Enqueue the uniform merge (the first candidate: the baseline every later one is judged
-    by; not for random search) and the warm starts, then mark the study seeded. Points already
-    in the study are skipped, so a second seeding adds nothing."""
+    by; not for random search), or the grid (space.x0=grid), and the warm starts, then mark
+    the study seeded. Points already in the study are skipped, so a second seeding adds
+    nothing."""
     points = []
-    if cfg.optimizer.sampler != "random":
+    if getattr(cfg.space, "x0", "uniform") == "grid":  # the grid first; CMA-ES from its best
+        points.extend(grid_points(space))
+        study.set_user_attr(GRID_SIZE, len(points))
+    elif cfg.optimizer.sampler != "random":
         points.append(dict(zip(space.names, space.x0().tolist(), strict=True)))
     points.extend(cfg.optimizer.warm_start)
     for point in points:

@@ -19,7 +19,7 @@ from evomerge.errors import ConfigError, SearchError
 from evomerge.evaluate import EvalSettings, evaluate, fitness, load_tasks, make_backend
 from evomerge.merge import merge_to_disk
 from evomerge.recipe import load_recipe
-from evomerge.search.budget import fail_abandoned_trials
+from evomerge.search.budget import Ledger, fail_abandoned_trials
 from evomerge.search.config import search_config
 from evomerge.search.loop import run_search
 from evomerge.search.space import build_space
@@ -322,7 +322,9 @@ def test_a_worker_killed_right_after_its_first_parameter_leaves_a_trial_that_is_
 
     space = SimpleNamespace(names=["layers.0.a.weight", "layers.0.b.weight"], decode=die)
     with pytest.raises(Killed):
-        objective(trial, space, scorer=None, worker="w", budget=10, goals=None)
+        budget = SimpleNamespace(optimizer=SimpleNamespace(n_trials=10))
+        run = SimpleNamespace(space=space, cfg=budget, ledger=Ledger(study), worker="w")
+        objective(trial, run)
     assert set(study.trials[0].params) == set(space.names)
     time.sleep(2.5)  # past the grace period (the storage keeps whole seconds)
     optuna.storages.fail_stale_trials(study)
