@@ -44,6 +44,7 @@ from evomerge.search.scorer import CandidateScorer, Scored
 PLAN_ATTR = "estimator_plan"  # study user attr: the fitted ItemPlan (JSON)
 BITS = "item_bits"  # trial user attr: "task/metric" -> 0/1 per document, when scored in full
 RESCORED = "full_rescores"  # study user attr: trial number -> its full-split fitness, items
+WINNER = "winner"  # study user attr of a run with estimates: {trial, fitness} on the full split
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ class Estimation:
             return kept[str(t.number)]["fitness"], kept[str(t.number)]["metrics"]
 
         winner = max(top, key=lambda t: (full(t)[0], -t.number))
+        study.set_user_attr(WINNER, {"trial": winner.number, "fitness": full(winner)[0]})
         return winner, *full(winner)
 
 

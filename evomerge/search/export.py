@@ -81,6 +81,7 @@ def trial_summary(run_dir: Path, number: int, summary: Mapping[str, Any]) -> dic
         "exported_trial": number,
         "fitness": fitness,
         "fitness_metrics": t.user_attrs.get("metrics"),
+        "fitness_estimated": bool(t.user_attrs.get("estimated")),  # from fewer documents
     }
 
 
@@ -140,7 +141,12 @@ def provenance(config: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[st
     ]
     sources = [f"- base model: `{models.get('base_model')}`"] if models.get("base_model") else []
     sources += [f"- `{name}`: `{ref}`" for name, ref in (models.get("sources") or {}).items()]
-    rows = _score_rows("fitness", summary.get("fitness_metrics"))
+    if summary.get("estimator", "full") != "full":
+        search.append(
+            f"- fitness estimator: `{summary['estimator']}` (the winner re-scored in full)"
+        )
+    fitness = "fitness (estimated)" if summary.get("fitness_estimated") else "fitness"
+    rows = _score_rows(fitness, summary.get("fitness_metrics"))
     rows += _score_rows("test (held out)", summary.get("test_metrics"))
     scores = "| split | task | metric | score |\n|---|---|---|---|\n" + "\n".join(rows)
     out = {"Search": "\n".join(search)}

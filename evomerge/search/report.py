@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.errors import SearchError
 from evomerge.search.budget import FAILURE, counted
-from evomerge.search.estimation import RESCORED
+from evomerge.search.estimation import RESCORED, WINNER
 from evomerge.search.front_plot import front_table, plot_front
 from evomerge.search.objectives import primary_value
 from evomerge.search.study import best_trial
@@ -175,9 +175,17 @@ def generation_cost(trials: list[FrozenTrial], study: optuna.Study) -> list[str]
     return lines
 
 
+def run_winner(study: optuna.Study, trials: list[FrozenTrial]) -> FrozenTrial | None:
+    """The run's answer: where fitness was estimated, the finalist best on the full fitness
+    split (chosen when the run finished); otherwise the best trial."""
+    chosen = study.user_attrs.get(WINNER)
+    found = [t for t in trials if chosen is not None and t.number == chosen["trial"]]
+    return found[0] if found else best_trial(study)
+
+
 def summary_markdown(run_dir: Path, study: optuna.Study) -> str:
     trials = study.get_trials(deepcopy=False)
-    best = best_trial(study)
+    best = run_winner(study, trials)
     lines = [f"# Search run `{run_dir.name}`", ""]
     n_done = sum(t.state == TrialState.COMPLETE for t in trials)
     n_failed = sum(FAILURE in t.user_attrs for t in trials)
@@ -197,8 +205,16 @@ def summary_markdown(run_dir: Path, study: optuna.Study) -> str:
         )
     lines += generation_cost(trials, study)
     if best is not None:
-        marked = " (estimated)" if best.user_attrs.get("estimated") else ""
-        lines += [f"- best: trial {best.number}, fitness {primary_value(best) or 0.0:.4f}{marked}"]
+        value = primary_value(best) or 0.0
+        told = f"fitness {value:.4f}"
+        if best.user_attrs.get("estimated"):
+            full = (study.user_attrs.get(WINNER) or {}).get("fitness")
+            told = (
+                f"estimated {told}"
+                if full is None
+                else f"fitness {full:.4f} on the full split (estimate {value:.4f})"
+            )
+        lines += [f"- best: trial {best.number}, {told}"]
         test = study.user_attrs.get("test_results") or {}
         if test.get("trial") == best.number:
             lines.append(f"- best on the held-out test tasks: `{json.dumps(test['results'])}`")
@@ -243,7 +259,7 @@ def write_report(run_dir: Path) -> dict[str, Any]:
     study = open_run(run_dir)
     trials = study.get_trials(deepcopy=False)
     plot_history(trials, run_dir / "history.png")
-    best = best_trial(study)
+    best = run_winner(study, trials)
     rows = genome_table(best.params, parameter_ranges(run_dir)) if best is not None else None
     if rows:
         plot_genome(rows, run_dir / "genome.png")

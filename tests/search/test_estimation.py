@@ -14,9 +14,9 @@ from evomerge.errors import ConfigError
 from evomerge.evaluate.estimator import ItemPlan
 from evomerge.search.budget import FAILURE, Ledger, budget_held, trials_done
 from evomerge.search.config import search_config
-from evomerge.search.estimation import BITS, PLAN_ATTR, RESCORED, Estimation, stops
+from evomerge.search.estimation import BITS, PLAN_ATTR, RESCORED, WINNER, Estimation, stops
 from evomerge.search.loop import make_scorer, run_search
-from evomerge.search.report import generation_cost
+from evomerge.search.report import generation_cost, summary_markdown
 from evomerge.search.space import build_space
 from evomerge.search.study import best_trial
 from evomerge.search.warmstart import GRID_SIZE, GRID_X0, grid_points
@@ -106,6 +106,10 @@ def test_a_subset_search_generates_its_subset_and_rescores_the_winner(toy_cache,
     assert summary["items_rescored"] == 40 * min(5, len(trials))
     header = (cfg.run_dir / "best_recipe.yaml").read_text().splitlines()[0]
     assert f"fitness {summary['fitness']!r} (estimate: fitness" in header
+    assert study.user_attrs[WINNER] == {"trial": winner.number, "fitness": summary["fitness"]}
+    report = summary_markdown(cfg.run_dir, study)
+    full = f"fitness {summary['fitness']:.4f} on the full split"
+    assert f"- best: trial {winner.number}, {full} (estimate {winner.value:.4f})" in report
 
 
 def test_racing_stops_weak_candidates_and_records_their_items(toy_cache, tmp_path):
