@@ -16,12 +16,17 @@ estimates of this kind:
   prior is tight (LOG_A_SD), the 1PL option has none to grow, and the gp-IRT mix shrinks to
   the anchors' weighted mean (which needs no model) as a candidate's ability leaves the
   calibration band (`shrunk_mix`).
-- anchors (their section 3.2, "IRT" anchor points): k-means over the items' (a, b), one anchor
-  per cluster (the item nearest its centre) weighted by the cluster's share of items.
+- anchors: n equal strata of the items ordered by fitted difficulty b, one item drawn from
+  each (seeded), weighted by its stratum's share. tinyBenchmarks' "IRT" anchors (their section
+  3.2: k-means over the items' parameters, one anchor per cluster) were the first choice, but
+  on the toy most items are answered by no calibration candidate (one generation near the
+  start scores 2-30%): they share one parameter point, k-means gives that cluster one anchor
+  with half the weight, and the anchor estimate's error tripled (scripts/estimator_quality.py).
 - estimate (their eqs. 3.3-3.5): an ability theta_hat fitted to the anchors alone; p-IRT
   Z_p = (1/N)(sum over anchors of Y_j + sum over the rest of P_j(theta_hat)); the anchor
   estimate Z_a = sum_j w_j Y_j; gp-IRT Z = lam Z_a + (1 - lam) Z_p, lam chosen on held-out
-  calibration candidates (fit_2pl on half, errors on the other half).
+  calibration candidates: a fit on the weaker half scored on the stronger half and the
+  reverse, so lam prices the extrapolation that later, better candidates need.
 
 Everything here is a pure function of arrays and a seed.
 """
@@ -43,7 +48,6 @@ MODELS = ("2pl", "1pl")
 # all the way to the anchor mean: the item curves are only known where candidates were seen.
 SHRINK_WIDTH = 1.0
 FIT_STEPS = 100  # L-BFGS iterations: on 30 x 700 the item parameters move < 0.01 after 100
-KMEANS_ROUNDS = 50  # Lloyd iterations for the anchor clustering
 MIX_GRID = np.linspace(0.0, 1.0, 21)  # the lam values tried for gp-IRT
 
 
@@ -140,40 +144,16 @@ def ability(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     return theta
 
 
-def kmeans_anchors(features: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n anchor items: k-means (k-means++ start, seeded) over the rows of `features`; each
-    cluster's anchor is the item nearest its centre, weighted by the cluster's share."""
+def strata_anchors(b: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n anchor items: the items ordered by difficulty `b` (ties in a seeded random order) are
+    cut into n strata of equal size; one item is drawn from each, weighted by its stratum's
+    share of the items."""
     rng = np.random.default_rng(seed)
-    x = (features - features.mean(0)) / (features.std(0) + 1e-12)
-    centres = [x[rng.integers(len(x))]]
-    for _ in range(1, n):
-        d2 = np.min(((x[:, None, :] - np.asarray(centres)[None]) ** 2).sum(-1), axis=1)
-        total = d2.sum()
-        pick = rng.choice(len(x), p=d2 / total) if total > 0 else rng.integers(len(x))
-        centres.append(x[pick])
-    c = np.asarray(centres)
-    for _ in range(KMEANS_ROUNDS):
-        label = np.argmin(((x[:, None, :] - c[None]) ** 2).sum(-1), axis=1)
-        moved = np.array([x[label == k].mean(0) if np.any(label == k) else c[k] for k in range(n)])
-        if np.allclose(moved, c):
-            break
-        c = moved
-    label = np.argmin(((x[:, None, :] - c[None]) ** 2).sum(-1), axis=1)
-    anchors, weights = [], []
-    for k in range(n):
-        members = np.flatnonzero(label == k)
-        if len(members) == 0:
-            continue
-        nearest = members[np.argmin(((x[members] - c[k]) ** 2).sum(-1))]
-        anchors.append(int(nearest))
-        weights.append(len(members) / len(x))
-    # Items with equal parameters (e.g. every calibration candidate right) collapse clusters:
-    # the rest of the n anchors are drawn at random; they inform the ability, weight 0.
-    rest = np.setdiff1d(np.arange(len(x)), anchors)
-    extra = rng.permutation(rest)[: n - len(anchors)]
-    anchors.extend(int(i) for i in extra)
-    weights.extend(0.0 for _ in extra)
-    return np.asarray(anchors, dtype=np.int64), np.asarray(weights)
+    order = np.lexsort((rng.random(len(b)), b))
+    strata = np.array_split(order, min(n, len(b)))
+    anchors = np.array([s[rng.integers(len(s))] for s in strata], dtype=np.int64)
+    weights = np.array([len(s) for s in strata], dtype=np.float64) / len(b)
+    return anchors, weights
 
 
 def estimates(
@@ -206,10 +186,10 @@ def fit_item_model(
     y: np.ndarray, n: int, seed: int, model: str = "2pl", log_a_sd: float = LOG_A_SD
 ) -> ItemModel:
     """Fit the item model to the calibration matrix, pick n anchors, and choose gp-IRT's mix
-    on held-out calibration rows (a fit on one half scored on the other, both ways)."""
+    on held-out calibration rows (see choose_mix)."""
     y = np.asarray(y, dtype=np.float64)
     theta, a, b = fit_2pl(y, model, log_a_sd)
-    anchors, weights = kmeans_anchors(np.stack([np.log(a), b], axis=1), n, seed)
+    anchors, weights = strata_anchors(b, n, seed)
     band = (float(theta.min()), float(theta.max()))
     mix = choose_mix(y, n, seed, model, log_a_sd)
     return ItemModel(a, b, anchors, weights, mix, band)
@@ -218,16 +198,19 @@ def fit_item_model(
 def choose_mix(
     y: np.ndarray, n: int, seed: int, model: str = "2pl", log_a_sd: float = LOG_A_SD
 ) -> float:
-    """gp-IRT's lam minimizing the squared error on held-out calibration rows."""
+    """gp-IRT's lam minimizing the squared error on held-out calibration rows: a fit on the
+    weaker half of the candidates (by share correct) scores the stronger half, and the
+    reverse. A random split would hold out candidates like the fitted ones, where p-IRT
+    looks better than it is for the better candidates a search goes on to find."""
     k = len(y)
     if k < 4:  # too few candidates to hold any out: weigh both estimates equally
         return 0.5
-    order = np.random.default_rng(seed).permutation(k)
+    order = np.argsort(y.mean(1), kind="stable")
     halves = (order[: k // 2], order[k // 2 :])
     errors = np.zeros(len(MIX_GRID))
     for fit_rows, test_rows in (halves, halves[::-1]):
         _, a, b = fit_2pl(y[fit_rows], model, log_a_sd)
-        anchors, weights = kmeans_anchors(np.stack([np.log(a), b], axis=1), n, seed)
+        anchors, weights = strata_anchors(b, n, seed)
         for row in y[test_rows]:
             z_a, z_p, _ = estimates(row[anchors], a, b, anchors, weights)
             errors += (MIX_GRID * z_a + (1 - MIX_GRID) * z_p - row.mean()) ** 2
