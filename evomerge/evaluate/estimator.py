@@ -43,7 +43,7 @@ class EstimatorSpec:
     select: str = "random"  # subset: random | stratified
     model: str = "2pl"  # irt: 2pl | 1pl (no discrimination to overfit a narrow calibration)
     fit_trials: int | None = None  # irt, stratified: first trials scored in full; None: 1 gen.
-    seed: int = 0  # seeds the subset and the anchor clustering
+    seed: int = 0  # seeds the subset and the anchor draws
     race: bool = False  # stop a candidate early once it cannot reach its generation's median
     chunk: int = 35  # racing: documents per chunk
     race_z: float = 1.96  # racing: the upper confidence bound's z (two-sided 95%)
