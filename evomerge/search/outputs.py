@@ -3,6 +3,7 @@ summary.json (with the winner's held-out test score) at the end."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -99,7 +100,7 @@ def finish(
     the held-out test tasks (once per winner), and write summary.json."""
     scorer = estimation.scorer
     summary: dict[str, Any] = {"run": cfg.run, "trials": ledger.done}
-    decode = lambda t: genome_recipe(space, t)  # noqa: E731
+    decode = functools.partial(genome_recipe, space)
     best, value, metrics = estimation.rescore_winner(study, ledger.best, decode)
     if best is None:
         return summary
