@@ -63,10 +63,16 @@ def logs(tmp_path: Path) -> str:
 
 
 def trials(storage: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials, read on connections closed before this returns (also when there is
+    no study yet): the tests poll every 0.1 s, and storages left to garbage collection hold
+    their connections open until PostgreSQL refuses more clients."""
+    rdb = optuna.storages.RDBStorage(sqlalchemy_url(storage))
     try:
-        return optuna.load_study(study_name="w", storage=sqlalchemy_url(storage)).trials
+        return optuna.load_study(study_name="w", storage=rdb).trials
     except KeyError:  # no study yet
         return []
+    finally:
+        rdb.engine.dispose()
 
 
 def trial_numbered(storage: str, number: int) -> optuna.trial.FrozenTrial:
