@@ -21,6 +21,12 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # 4 steps/s) where passive threads slow it in proportion (results/README.md, "A busy machine").
 # The wait policy changes no result (the toy family's bytes are the same; tests/toy).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# torch's CPU allocator asks for transparent huge pages (madvise) for tensors of 2 MB and more.
+# A merge allocates and frees tensors of up to a few hundred MB per weight; each comes back from
+# the kernel as fresh 4 KB pages, faulted and zeroed one at a time: at 0.5B, dare_ties to disk
+# took 32-34 s without huge pages and 22-27 s with them (results/README.md, "Merges to disk").
+# Where the kernel's THP setting is "never", nothing changes; no arithmetic changes anywhere.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from evomerge.errors import EvomergeError, one_line
 

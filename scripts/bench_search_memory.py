@@ -7,7 +7,8 @@ DIR holds a base and three "fine-tunes" (base + seeded noise; bf16 Llama checkpo
 --params parameters, generated into DIR when missing, as scripts/bench_merge.py's family). The
 sources are read once first, so the page cache holds them. For each tree (`NAME=PATH`: a source
 tree of evomerge, e.g. a worktree of an earlier commit; default: this one) and task-vector
-budget, a child process with PATH on PYTHONPATH and one torch thread builds the live model (bf16,
+budget, a child process with PATH on PYTHONPATH and one torch thread (started as `python -m
+evomerge` starts: the tree's evomerge/__main__.py is imported before torch) builds the live model (bf16,
 the checkpoint's config, as the vLLM path's host copy), one SourceCache(preload=True), and merges
 --candidates dare_ties recipes into it with merge_into_model (seeded random weights and
 densities per source; `drop_scheme: counter`, as the search writes, where the tree knows the
@@ -18,6 +19,7 @@ gives the peak RSS. Trees alternate per repetition.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -78,6 +80,7 @@ def recipe_text(family: Path, candidate: int, with_scheme: bool) -> str:
 
 
 def child(family: Path, candidates: int, task_vector_bytes: int | None) -> dict[str, Any]:
+    importlib.import_module("evomerge.__main__")  # its environment defaults, before torch loads
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -219,3 +219,45 @@ def test_python_dash_m_evomerge_merge(family: dict[str, Path], tmp_path: Path) -
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
     assert "merging" in done.stderr and (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_huge_pages_are_asked_for_and_change_no_byte(tmp_path: Path) -> None:
+    """`python -m evomerge` asks torch's allocator for transparent huge pages unless the user
+    set THP_MEM_ALLOC_ENABLE; a merge whose tensors are large enough to get them (4 MB
+    embeddings) writes the same bytes with and without."""
+    import os
+    import subprocess
+    import sys
+
+    base = make_tiny_llama(
+        tmp_path / "base", seed=0, num_layers=1, hidden_size=64, vocab_size=16384
+    )
+    a = make_tiny_llama(tmp_path / "a", seed=1, base=base, hidden_size=64, vocab_size=16384)
+    b = make_tiny_llama(tmp_path / "b", seed=2, base=base, hidden_size=64, vocab_size=16384)
+    recipe = tmp_path / "recipe.yaml"
+    ties = _ties(base, a, b).removeprefix("merge_method: ties\n")
+    recipe.write_text("merge_method: dare_ties\ndrop_scheme: counter\n" + ties)
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    env["OMP_NUM_THREADS"] = "1"
+    code = "import evomerge.__main__, os; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    for setting, expected in ((None, "1"), ("0", "0")):
+        e = env if setting is None else {**env, "THP_MEM_ALLOC_ENABLE": setting}
+        seen = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True)
+        assert seen.stdout.strip() == expected
+    outputs = []
+    for setting in ("1", "0"):
+        out = tmp_path / f"out-{setting}"
+        command = [
+            sys.executable,
+            "-m",
+            "evomerge",
+            "merge",
+            str(recipe),
+            str(out),
+            "--no-progress",
+        ]
+        e = {**env, "THP_MEM_ALLOC_ENABLE": setting}
+        done = subprocess.run(command, capture_output=True, text=True, env=e, check=False)
+        assert done.returncode == 0, done.stderr
+        outputs.append((out / "model.safetensors").read_bytes())
+    assert outputs[0] == outputs[1]
