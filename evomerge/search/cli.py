@@ -86,7 +86,7 @@ def set_up_process(cfg: SearchConfig) -> None:
     import optuna
     import torch
 
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.threads or cfg.models.threads or os.cpu_count() or 1)
     # lm-eval and transformers draw a bar per request batch; ours (explicit disable=) stays.
     os.environ.setdefault("TQDM_DISABLE", "1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -42,6 +42,7 @@ class ModelsSpec:
     sources: tuple[tuple[str, str], ...]  # (name, model reference)
     dtype: str | None
     toy_size: str
+    threads: int | None = None  # the family's CPU threads when `threads` is null; None: all
 
 
 @dataclass(frozen=True)
@@ -255,8 +256,9 @@ def task_spec(task: dict[str, Any], source_names: list[str]) -> TaskSpec:
 
 
 def models_spec(models: dict[str, Any]) -> ModelsSpec:
-    check_keys("models", models, ("name", "toy_size", "base_model", "sources", "dtype"))
+    check_keys("models", models, ("name", "toy_size", "base_model", "sources", "dtype", "threads"))
     sources = models.get("sources") or {}
+    threads = models.get("threads")
     if not isinstance(sources, dict) or not sources:
         raise ConfigError("models.sources: need a mapping name -> model with at least one entry")
     return ModelsSpec(
@@ -265,6 +267,7 @@ def models_spec(models: dict[str, Any]) -> ModelsSpec:
         sources=tuple((str(k), str(v)) for k, v in sources.items()),
         dtype=models.get("dtype"),
         toy_size=typed(models.get("toy_size", "full"), str, "models.toy_size"),
+        threads=None if threads is None else typed(threads, int, "models.threads", low=1),
     )
 
 

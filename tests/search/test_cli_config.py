@@ -1,6 +1,7 @@
 """`python -m evomerge search` rejects a bad command in one line (exit 2, key path, rule)
 before it writes anything in the run directory."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,28 @@ def test_a_rejected_rerun_leaves_the_run_as_it_was(toy_cache, tmp_path, capsys):
         assert search(tmp_path, override) == 2
         assert "\n" not in capsys.readouterr().err.strip()
         assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], 1),  # the toy family's own choice (models.threads: small matrices)
+        (["threads=2"], 2),  # the user's top-level setting wins
+        (["models=evollm_jp"], None),  # no choice: all cores
+    ],
+)
+def test_search_threads_come_from_the_user_then_the_models(
+    overrides: list[str], expected: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from evomerge.config import compose
+    from evomerge.search.cli import set_up_process
+    from evomerge.search.config import search_config
+
+    cfg = search_config(compose("search", overrides))
+    monkeypatch.setenv("TQDM_DISABLE", os.environ.get("TQDM_DISABLE", ""))  # restored after
+    before = torch.get_num_threads()
+    try:
+        set_up_process(cfg)
+        assert torch.get_num_threads() == (expected or os.cpu_count())
+    finally:
+        torch.set_num_threads(before)
