@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from evomerge.evaluate.irt import estimate
 from evomerge.evaluate.objectives import parse_terms
 from evomerge.search.estimation import BITS
 from evomerge.search.report import open_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evomerge_dev: not installed
 from evomerge_dev.stats import spearman
 
 ARMS = (("subset", "random", "2pl"), ("subset", "stratified", "2pl"), ("irt", "", "2pl"))

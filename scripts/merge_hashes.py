@@ -26,6 +26,7 @@ from evomerge.merge import merge_to_disk
 from evomerge.recipe import load_recipe
 
 try:  # the tiny checkpoints the tests use (moved out of the shipped package)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evomerge_dev: not installed
     from evomerge_dev.testing import make_tiny_llama
 except ImportError:  # trees from before the move out of the shipped package
     from evomerge.testing import make_tiny_llama  # type: ignore[no-redef]
