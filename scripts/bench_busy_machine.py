@@ -87,22 +87,35 @@ def load(busy: bool) -> Iterator[None]:
             spinner.wait()
 
 
-def _env(tree: str, work: Path) -> dict[str, str]:
+def _env(tree: str, work: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     env.update(PYTHONPATH=tree, EVOMERGE_CACHE=str(work / "cache"), TQDM_DISABLE="1")
-    return env
+    return {**env, **(extra or {})}
 
 
-def build_steps(tree: str, work: Path, steps: int) -> dict[str, Any]:
+def build_steps(
+    tree: str, work: Path, steps: int, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The child's figures; `env` adds to (or overrides) the child's environment."""
     cmd = [sys.executable, __file__, "--child", str(steps)]
-    done = subprocess.run(cmd, env=_env(tree, work), capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        cmd, env=_env(tree, work, env), capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{cmd} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def search(tree: str, work: Path, candidates: int, run: str) -> dict[str, Any]:
-    """Median seconds per candidate of a default search (small toy family, no test scoring)."""
+def search(
+    tree: str,
+    work: Path,
+    candidates: int,
+    run: str,
+    overrides: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Median seconds per candidate of a default search (small toy family, no test scoring),
+    with further Hydra `overrides` and `env` added to its environment if given."""
     runs = work / "runs"
     shutil.rmtree(runs / run, ignore_errors=True)
     cmd = [
@@ -115,10 +128,11 @@ def search(tree: str, work: Path, candidates: int, run: str) -> dict[str, Any]:
         f"results_dir={runs}",
         f"optimizer.n_trials={candidates}",
         "score_test=false",
+        *(overrides or []),
     ]
     start = time.perf_counter()
     done = subprocess.run(
-        cmd, env=_env(tree, work), capture_output=True, text=True, check=False, cwd=tree
+        cmd, env=_env(tree, work, env), capture_output=True, text=True, check=False, cwd=tree
     )
     wall = time.perf_counter() - start
     if done.returncode != 0:

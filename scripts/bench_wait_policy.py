@@ -16,13 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import sqlite3
-import statistics
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import bench_busy_machine as busy
 
@@ -40,36 +34,6 @@ SEARCHES: tuple[tuple[str, list[str], dict[str, str]], ...] = (
 )
 
 
-def search_s(tree: str, work: Path, run: str, extra: list[str], env_extra: dict[str, str]) -> float:
-    """Median seconds per candidate of a 10-candidate search on the small toy family."""
-    runs = work / "runs"
-    shutil.rmtree(runs / run, ignore_errors=True)
-    cmd = [sys.executable, "-m", "evomerge", "search", "models.toy_size=small", f"run={run}"]
-    cmd += [f"results_dir={runs}", "optimizer.n_trials=10", "score_test=false", *extra]
-    env = busy._env(tree, work)
-    env.update(env_extra)
-    subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=tree)
-    with sqlite3.connect(runs / run / "study.db") as db:
-        rows = db.execute(
-            "SELECT (julianday(datetime_complete) - julianday(datetime_start)) * 86400 "
-            "FROM trials WHERE state = 'COMPLETE'"
-        ).fetchall()
-    return statistics.median(r[0] for r in rows)
-
-
-def build_steps(tree: str, work: Path, env_extra: dict[str, str]) -> dict[str, Any]:
-    plain = busy._env
-
-    def env(tree: str, work: Path) -> dict[str, str]:
-        return {**plain(tree, work), **env_extra}
-
-    busy._env = env
-    try:
-        return busy.build_steps(tree, work, 10)
-    finally:
-        busy._env = plain
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]))
@@ -80,16 +44,16 @@ def main() -> None:
     for loaded in (False, True):
         for name, extra in POLICIES.items():
             with busy.load(loaded):
-                build = build_steps(args.tree, args.work, extra)
+                build = busy.build_steps(args.tree, args.work, 10, env=extra)
             row = {"busy": loaded, "policy": name, "build_steps_per_s": build["steps_per_s"]}
             row["sha256"] = build["sha256"]
             print(json.dumps(row), flush=True)
             rows.append(row)
         for name, extra_args, env_extra in SEARCHES:
             with busy.load(loaded):
-                seconds = search_s(
-                    args.tree, args.work, f"{name}-{int(loaded)}", extra_args, env_extra
-                )
+                run = f"{name}-{int(loaded)}"
+                found = busy.search(args.tree, args.work, 10, run, extra_args, env_extra)
+            seconds = found["median_candidate_s"]
             row = {"busy": loaded, "search": name, "s_per_candidate": seconds}
             print(json.dumps(row), flush=True)
             rows.append(row)
