@@ -17,8 +17,10 @@ import sys
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # torch's OpenMP threads sleep while they wait for work instead of spinning, set before torch
 # loads. Spinning threads wait for each other, which on a busy machine costs a core-share each:
-# with one other CPU-bound process on 2 cores, the toy build ran 25x slower (0.15 against about
-# 4 steps/s) where passive threads slow it in proportion (results/README.md, "A busy machine").
+# with one other CPU-bound process on 2 cores, the toy build once ran 25x slower (0.15 against
+# about 4 steps/s). Measured side by side on a quiet machine, passive waits cost the idle build
+# about 20% and gave it 1.1-1.7 steps/s beside such a process against 0.85-1.1 spinning
+# (results/README.md, "A busy machine"; the search itself runs on one thread on the toy).
 # The wait policy changes no result (the toy family's bytes are the same; tests/toy).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # torch's CPU allocator asks for transparent huge pages (madvise) for tensors of 2 MB and more.
