@@ -12,7 +12,11 @@ with its winner scored on the same three test splits. Hypervolume: of the feasib
 (every constraint satisfied) among the first b candidates, on the fitness splits, in accuracy
 units with reference point (0, 0, 0): the volume of the box [0, 1]^3 that the front dominates.
 The goal: a front member within 2 points of the single-objective winner on the target's test
-split while toy_math_en >= 0.80 and toy_lang_ja >= 0.90 on theirs.
+split while toy_math_en >= 0.80 and toy_lang_ja >= 0.90 on theirs. The toy family's bytes
+depend on the CPU that built it (README, "toy family"); where its math parent scores below the
+documented family's 90.7 on its test split, no merge may reach the floor of 80, so the report
+also gives the goal scaled to the family: the math floor as the same share of the family's math
+parent (80 / 90.7 of it), the language floor unchanged.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from evomerge.config import compose, dump_config
 from evomerge.search.config import search_config
 from evomerge.search.front import hypervolume_at
 from evomerge.search.loop import run_search
+from evomerge.toy import ensure_family
 
 TESTS = ["toy_mgsm_ja", "toy_math_en", "toy_lang_ja"]
 KEEP = {"toy_math_en": 0.80, "toy_lang_ja": 0.90}  # the goal's floors on the test splits
+DOCUMENTED_MATH_PARENT = 0.907  # the documented family's math_en parent on toy_math_en's test
 MARGIN = 0.02  # the goal: within 2 points of the single-objective winner on the target
 
 
@@ -74,12 +80,14 @@ def multi(out: Path, sampler: str, seed: int, trials: int, budgets: list[int], e
     return record
 
 
-def goal_member(pareto: list[dict[str, Any]]) -> dict[str, Any] | None:
+def goal_member(
+    pareto: list[dict[str, Any]], keep: dict[str, float] = KEEP
+) -> dict[str, Any] | None:
     """The front member with the best target test score among those keeping both skills."""
     keeping = [
         m
         for m in pareto
-        if m["test_metrics"] and all(m["test_metrics"][t]["acc"] >= v for t, v in KEEP.items())
+        if m["test_metrics"] and all(m["test_metrics"][t]["acc"] >= v for t, v in keep.items())
     ]
     best = max(keeping, key=lambda m: m["test_metrics"]["toy_mgsm_ja"]["acc"], default=None)
     return None if best is None else {"trial": best["trial"], "test": test_accs(best)}
@@ -113,17 +121,42 @@ def report(out: Path, samplers: list[str], seeds: list[int], budgets: list[int])
             vals = [r["hypervolume"][str(b)] for r in recs if str(b) in r["hypervolume"]]
             cells.append(_mean_sd(vals))
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {len(recs)} |")
-    lines += [
-        "",
-        "| run | goal member (trial) | target test | math_en test | lang_ja test | single-objective winner's target test | gap |",
+    lines += ["", f"Goal as written: {_floors(KEEP)}.", ""]
+    lines += goal_table(out, samplers, seeds, KEEP)
+    scaled = scaled_keep()
+    if scaled != KEEP:
+        lines += ["", f"Goal scaled to this family: {_floors(scaled)}.", ""]
+        lines += goal_table(out, samplers, seeds, scaled)
+    return "\n".join(lines + fronts(out, samplers, seeds))
+
+
+def scaled_keep() -> dict[str, float]:
+    """The goal's floors on this machine's toy family: the math floor as the same share of the
+    family's math parent as 80 is of the documented 90.7 (never above the written floor)."""
+    parent = ensure_family().probe_scores["math_en"]["toy_math_en"]
+    share = KEEP["toy_math_en"] / DOCUMENTED_MATH_PARENT
+    return {**KEEP, "toy_math_en": round(min(KEEP["toy_math_en"], share * parent), 4)}
+
+
+def _floors(keep: dict[str, float]) -> str:
+    return ", ".join(f"{t} >= {100 * v:.1f}" for t, v in keep.items())
+
+
+def goal_table(out: Path, samplers: list[str], seeds: list[int], keep: dict[str, float]):
+    """Per run: the front member that meets the goal's floors with the best target test score,
+    against the single-objective winner; where none does, the front's best math_en test."""
+    lines = [
+        "| run | goal member (trial) | target test | math_en test | lang_ja test | "
+        "single-objective winner's target test | gap | front's best math_en test |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    lines.append("|---|---|---:|---:|---:|---:|---:|")
     for s in samplers:
         for n in seeds:
             path, ref = out / f"{s}-seed{n}.json", out / f"single-seed{n}.json"
             if not path.is_file():
                 continue
-            member = json.loads(path.read_text())["goal_member"]
+            pareto = json.loads(path.read_text())["summary"]["pareto"]
+            member = goal_member(pareto, keep)
             so = test_accs(json.loads(ref.read_text())["summary"]) if ref.is_file() else None
             target = member["test"]["toy_mgsm_ja"] if member else None
             gap = (
@@ -131,11 +164,13 @@ def report(out: Path, samplers: list[str], seeds: list[int], budgets: list[int])
                 if so is None or target is None
                 else f"{100 * (target - so['toy_mgsm_ja']):+.1f}"
             )
+            math = [m["test_metrics"]["toy_math_en"]["acc"] for m in pareto if m["test_metrics"]]
             row = [f"{s}-seed{n}", str(member["trial"]) if member else "none"]
             row += [f"{100 * member['test'][t]:.1f}" if member else "-" for t in TESTS]
             row += [f"{100 * so['toy_mgsm_ja']:.1f}" if so else "-", gap]
+            row += [f"{100 * max(math):.1f}" if math else "-"]
             lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines + fronts(out, samplers, seeds))
+    return lines
 
 
 def fronts(out: Path, samplers: list[str], seeds: list[int]) -> list[str]:
