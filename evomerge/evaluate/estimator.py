@@ -16,19 +16,20 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from evomerge.errors import ConfigError, EvaluationError
 from evomerge.evaluate.fitness import Objective, Results
-from evomerge.evaluate.irt import MODELS, ItemModel, estimate, fit_item_model
+from evomerge.evaluate.irt import MODELS, ItemModel, estimate, fit_item_model, strata_anchors
 from evomerge.evaluate.objectives import GEN_TOKENS
 from evomerge.evaluate.runner import Evaluation
 
 KINDS = ("full", "subset", "irt")
 SELECTIONS = ("random", "stratified")
+REDRAWS = ("none", "generation")
 Column = tuple[str, str]  # (task, metric): one per-item column of the objective
 
 
@@ -48,12 +49,14 @@ class EstimatorSpec:
     chunk: int = 35  # racing: documents per chunk
     race_z: float = 1.96  # racing: the upper confidence bound's z (two-sided 95%)
     rescore_top: int = 5  # at the end, the best few by estimate are scored on the full split
+    redraw: str = "none"  # generation: each generation generates a new draw of the documents
 
     def __post_init__(self) -> None:
         for key, value, valid in (
             ("kind", self.kind, KINDS),
             ("select", self.select, SELECTIONS),
             ("model", self.model, MODELS),
+            ("redraw", self.redraw, REDRAWS),
         ):
             if value not in valid:
                 raise ConfigError(f"estimator.{key}: must be one of {valid}, got {value!r}")
@@ -66,6 +69,13 @@ class EstimatorSpec:
             raise ConfigError(f"estimator.fit_trials: must be null or >= 2, got {self.fit_trials}")
         if not self.race_z > 0:
             raise ConfigError(f"estimator.race_z: must be > 0, got {self.race_z}")
+        if self.redraw != "none" and (
+            self.kind == "full" or (self.kind == "subset" and self.select != "random")
+        ):
+            raise ConfigError(
+                f"estimator.redraw: {self.redraw} draws documents anew for kind=irt or a random "
+                f"subset; this estimator is kind={self.kind}, select={self.select}"
+            )
 
     @property
     def needs_calibration(self) -> bool:
@@ -112,6 +122,35 @@ class ItemPlan:
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
+
+    def redrawn(self, draw: int, seed: int) -> ItemPlan:
+        """The same plan with its documents drawn anew, a function of (`draw`, `seed`): a random
+        subset of the same size per task, or for irt new anchors from the same item model's
+        difficulty strata (one per stratum, weighted as before). The fit stays the one stored.
+
+        A search redraws once per generation: CMA-ES ranks a generation's candidates on shared
+        documents, so their differences are measured on the same items, while the next
+        generation sees other items, so the search cannot climb the luck of one fixed subset."""
+        rng_seed = draw_seed(seed, draw)
+        if self.kind == "subset":
+            n = max(len(v) for v in self.items.values())
+            return random_plan(self.universe, n, rng_seed)
+        if self.kind != "irt":
+            return self
+        items: dict[str, list[int]] = {}
+        models: dict[str, ItemModel] = {}
+        for key, model in self.models.items():
+            task = key.rpartition("/")[0]
+            anchors, weights = strata_anchors(model.b, len(model.anchors), rng_seed)
+            models[key] = replace(model, anchors=anchors, weights=weights)
+            ids = self.universe[task]
+            items[task] = sorted(set(items.get(task, [])) | {ids[int(i)] for i in anchors})
+        return ItemPlan(self.kind, self.universe, items, models)
+
+
+def draw_seed(seed: int, draw: int) -> int:
+    """The seed of draw `draw` of a plan seeded `seed` (independent streams per draw)."""
+    return int(np.random.SeedSequence([seed, draw]).generate_state(1)[0])
 
 
 def columns(objective: Objective) -> list[Column]:

@@ -220,6 +220,7 @@ def estimator_spec(raw: Mapping[str, Any]) -> EstimatorSpec:
         chunk=get("chunk", int),
         race_z=get("race_z", float),
         rescore_top=get("rescore_top", int),
+        redraw=get("redraw", str),
     )
 
 

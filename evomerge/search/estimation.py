@@ -111,10 +111,15 @@ class Estimation:
             return None
         return fitted_plan(self.spec, self.universe(), self.objective, rows)
 
-    def score(self, recipe: Recipe, study: optuna.Study, median: float | None) -> Estimated:
+    def score(
+        self, recipe: Recipe, study: optuna.Study, median: float | None, generation: int = 0
+    ) -> Estimated:
         """Merge, generate the plan's documents (in chunks when racing against `median`, the
-        generation's), estimate, fitness."""
+        generation's; drawn anew for each `generation` with estimator.redraw=generation),
+        estimate, fitness."""
         plan = self.plan(study)
+        if self.spec.redraw == "generation" and not plan.full:
+            plan = plan.redrawn(generation, self.spec.seed)
         merge_s, swap_s = self.scorer.load(recipe)
         evs, raced = self._generate(plan, median if self.spec.race else None)
         ev = combine(evs)

@@ -27,7 +27,7 @@ from evomerge.search.budget import (
 from evomerge.search.config import SearchConfig
 from evomerge.search.estimation import BITS, Estimated, Estimation
 from evomerge.search.objectives import RunGoals, run_goals
-from evomerge.search.optuna_adapter import finished_elsewhere
+from evomerge.search.optuna_adapter import finished_elsewhere, generation_of
 from evomerge.search.outputs import finish, progress_bar, recipe_hash, record
 from evomerge.search.run_space import RunSpace
 from evomerge.search.samplers import make_sampler
@@ -110,11 +110,16 @@ def objective(trial: optuna.Trial, run: SearchRun) -> float | list[float]:
         fail(trial, "genome", e)
     trial.set_user_attr("recipe_sha256", recipe_hash(recipe))
     trial.set_user_attr("worker", run.worker)
+    generation = 0
+    if run.cfg.estimator.redraw == "generation":  # its documents are drawn per generation
+        generation = generation_of(trial, run.cfg.optimizer.population_size or 10)
     try:  # merge -> evaluate (on the estimator's documents)
-        est = run.estimation.score(recipe, trial.study, run.ledger.median())
+        est = run.estimation.score(recipe, trial.study, run.ledger.median(), generation)
     except (CandidateFailed, MergeError) as e:
         fail(trial, e.reason if isinstance(e, CandidateFailed) else "merge", e)
     record_scored(trial, est)
+    if run.cfg.estimator.redraw == "generation" and est.estimated:
+        trial.set_user_attr("draw", generation)  # the draw of documents it generated
     return run.goals.tell(trial, est.scored.results)  # tell: the objectives
 
 

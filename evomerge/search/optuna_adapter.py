@@ -1,7 +1,7 @@
 """The one place that reaches past Optuna's public API (pinned by tests/search/test_optuna_adapter.py).
 
 What the search needs and Optuna does not expose: a trial's storage id (to write a heartbeat
-for it), the study's storage, which trials have a heartbeat on record (Optuna keeps them in
+for it), the generation a sampler asked a trial in, the study's storage, which trials have a heartbeat on record (Optuna keeps them in
 its `trial_heartbeats` table and has no call to read them), and whether an error means
 "this trial was already finished by someone else". Everything else goes through Optuna's
 public API, in the modules that use it.
@@ -70,6 +70,17 @@ def storage_of(study: optuna.Study) -> Any:
 def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
     """The storage's id of a trial (not its number)."""
     return trial._trial_id
+
+
+def generation_of(trial: optuna.Trial, window: int) -> int:
+    """The generation the sampler asked `trial` in. Optuna's CMA-ES and NSGA-II write it as a
+    system attribute of the trial when they sample it (`cma:generation`,
+    `NSGAIISampler:generation`; a live trial has no public call to read it); samplers without
+    generations (TPE, random, the first independent trial of CMA-ES) count blocks of `window`
+    trials by number, as does the pycma replay, whose generations follow trial order."""
+    attrs = storage_of(trial.study).get_trial_system_attrs(trial_id(trial))
+    found = [v for k, v in sorted(attrs.items()) if k.endswith(":generation")]
+    return int(found[-1]) if found else trial.number // max(window, 1)
 
 
 def heartbeat_on(storage: Any) -> bool:

@@ -173,6 +173,46 @@ def test_irt_plan_round_trips_and_the_same_rows_fit_the_same_plan():
     assert back.models[f"{FIT}/ja"].band == plan.models[f"{FIT}/ja"].band
 
 
+def test_a_redrawn_plan_is_a_seeded_new_draw_of_the_same_size_and_the_same_fit():
+    universe = {FIT: list(range(100, 400))}
+    subset = random_plan(universe, 20, seed=0)
+    one, two = subset.redrawn(1, seed=0), subset.redrawn(2, seed=0)
+    assert one.digest() == subset.redrawn(1, seed=0).digest()  # a function of draw and seed
+    assert one.items != two.items and one.items != subset.items
+    assert one.items != subset.redrawn(1, seed=5).items
+    assert len(one.items[FIT]) == 20 and set(one.items[FIT]) <= set(universe[FIT])
+    assert one.universe == subset.universe and one.kind == "subset"
+
+    y = simulated(4, k=12, n_items=300)
+    rows = [{f"{FIT}/ja": "".join("1" if v else "0" for v in r)} for r in y]
+    plan = fitted_plan(EstimatorSpec(kind="irt", n=30), universe, OBJECTIVE, rows)
+    key = f"{FIT}/ja"
+    fitted, drawn = plan.models[key], plan.redrawn(3, seed=0)
+    model = drawn.models[key]
+    # the same item model and mix, other anchors: one from each difficulty stratum again
+    assert (model.a == fitted.a).all() and (model.b == fitted.b).all()
+    assert (model.mix, model.band) == (fitted.mix, fitted.band)
+    assert model.anchors.tolist() != fitted.anchors.tolist()
+    assert model.weights.sum() == pytest.approx(1.0) and len(model.anchors) == 30
+    strata = np.array_split(np.sort(fitted.b), 30)  # equal strata in difficulty order
+    drawn_b = np.sort(fitted.b[model.anchors])
+    assert all(s.min() <= v <= s.max() for s, v in zip(strata, drawn_b, strict=True))
+    assert drawn.items[FIT] == sorted(universe[FIT][i] for i in model.anchors)
+    assert ItemPlan.from_json(drawn.to_json()).digest() == drawn.digest()
+
+
+def test_redrawing_applies_to_irt_and_random_subsets_only():
+    EstimatorSpec(kind="irt", redraw="generation")
+    EstimatorSpec(kind="subset", redraw="generation")
+    with pytest.raises(ConfigError, match=r"estimator\.redraw: must be one of"):
+        EstimatorSpec(kind="irt", redraw="trial")
+    for kind, select in (("full", "random"), ("subset", "stratified")):
+        with pytest.raises(
+            ConfigError, match=rf"estimator\.redraw: .*kind={kind}, select={select}"
+        ):
+            EstimatorSpec(kind=kind, select=select, redraw="generation")
+
+
 def test_anchors_take_one_item_from_each_difficulty_stratum_even_where_items_tie():
     b = np.concatenate([np.full(60, 4.0), np.linspace(-2, 2, 40)])  # 60 items none solved
     anchors, weights = strata_anchors(b, 10, seed=0)

@@ -112,6 +112,39 @@ def test_a_subset_search_generates_its_subset_and_rescores_the_winner(toy_cache,
     assert f"- best: trial {winner.number}, {full} (estimate {winner.value:.4f})" in report
 
 
+def test_redraw_gives_each_generation_its_own_documents(toy_cache, tmp_path, monkeypatch):
+    import evomerge.search.estimation as estimation
+
+    generated = []  # the documents each candidate generated, in order
+
+    def recording(backend, tasks, only=None):
+        generated.append(None if only is None else tuple(sorted(only[FIT])))  # None: in full
+        return evaluate(backend, tasks, only=only)
+
+    evaluate = estimation.evaluate
+    monkeypatch.setattr(estimation, "evaluate", recording)
+    sub = ("estimator=subset", "estimator.n=10", "estimator.redraw=generation")
+    cfg = config(tmp_path, "run=redraw", *sub, "optimizer.n_trials=13")
+    run_search(cfg, progress=False)
+    study, trials = trials_of(cfg)
+    draws = [t.user_attrs["draw"] for t in trials]
+    # trial 0 is CMA-ES's independent first sample; then generations of population_size=4
+    assert draws == [0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    assert [t.system_attrs.get("cma:generation", 0) for t in trials] == draws
+    docs = generated[: len(trials)]  # then the finalists, re-scored in full
+    assert all(len(d) == 10 for d in docs)
+    by_draw = {d: {docs[i] for i, x in enumerate(draws) if x == d} for d in set(draws)}
+    assert all(len(v) == 1 for v in by_draw.values())  # a generation shares its documents
+    assert len({next(iter(v)) for v in by_draw.values()}) == 3  # each generation its own
+    plan = ItemPlan.from_json(study.user_attrs[PLAN_ATTR])
+    assert docs[5] == tuple(sorted(plan.redrawn(1, cfg.estimator.seed).items[FIT]))
+    # resumed, the next generation draws as the same run would have
+    again = config(tmp_path, "run=redraw", *sub, "optimizer.n_trials=15")
+    run_search(again, progress=False)
+    _, trials = trials_of(again)
+    assert [t.user_attrs["draw"] for t in trials[13:]] == [3, 3]
+
+
 def test_racing_stops_weak_candidates_and_records_their_items(toy_cache, tmp_path):
     cfg = config(
         tmp_path,

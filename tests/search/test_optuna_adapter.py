@@ -78,6 +78,27 @@ def test_no_storage_without_heartbeats_is_taken_for_one(tmp_path: Path) -> None:
     assert adapter.trials_with_heartbeat(plain, plain.get_trials()) is None
 
 
+def test_a_trial_s_generation_is_its_sampler_s_or_a_block_of_trials() -> None:
+    def generations(sampler: optuna.samplers.BaseSampler, n: int) -> list[int]:
+        found: list[int] = []
+
+        def objective(trial: optuna.Trial) -> float:
+            x = trial.suggest_float("x", 0, 1) + trial.suggest_float("y", 0, 1)
+            found.append(adapter.generation_of(trial, 3))
+            return x
+
+        optuna.create_study(sampler=sampler).optimize(objective, n_trials=n)
+        return found
+
+    # CMA-ES: its first trial is sampled independently, then generations of popsize trials
+    cma = optuna.samplers.CmaEsSampler(seed=0, popsize=4)
+    assert generations(cma, 10) == [0, 0, 0, 0, 0, 1, 1, 1, 1, 2]
+    nsga = optuna.samplers.NSGAIISampler(seed=0, population_size=4)
+    assert generations(nsga, 9) == [0, 0, 0, 0, 1, 1, 1, 1, 2]
+    tpe = optuna.samplers.TPESampler(seed=0)  # no generations: blocks of `window` trials
+    assert generations(tpe, 7) == [0, 0, 0, 1, 1, 1, 2]
+
+
 def test_only_the_adapter_reaches_into_optuna() -> None:
     root = Path(__file__).resolve().parents[2] / "evomerge"
     offenders = [
