@@ -17,7 +17,14 @@ from optuna.trial import FrozenTrial, TrialState
 from evomerge.evaluate import Results
 from evomerge.evaluate.objectives import Objectives
 from evomerge.search.budget import counted
-from evomerge.search.pareto import chosen, feasible, hypervolume, oriented, pareto_front
+from evomerge.search.pareto import (
+    chosen,
+    feasible,
+    front_indices,
+    hypervolume,
+    oriented,
+    pareto_front,
+)
 
 FRONT_TEST = "front_test_results"  # study user attr: {trial number: test results}
 
@@ -73,14 +80,19 @@ def hypervolume_at(
     directions: Sequence[optuna.study.StudyDirection],
     budgets: Sequence[int],
     reference: Sequence[float],
+    *,
+    feasible_only: bool = True,
 ) -> dict[int, float]:
     """Hypervolume of the feasible front among the first `b` counted candidates (by trial
-    number), for each budget b. `reference` is in the oriented space (larger is better:
-    a minimized objective's reference is the negated bound)."""
+    number), for each budget b; with `feasible_only=False`, of the front of all of them,
+    constraints ignored. `reference` is in the oriented space (larger is better: a minimized
+    objective's reference is the negated bound)."""
     used = sorted((t for t in trials if counted(t)), key=lambda t: t.number)
     out = {}
     for b in budgets:
-        pool = [t for t in used[:b] if t.values is not None and feasible(t)]
-        points = [oriented(t, directions) for t in pareto_front(pool, directions)] if pool else []
-        out[b] = hypervolume(points, tuple(reference))
+        pool = [t for t in used[:b] if t.values is not None]
+        if feasible_only:
+            pool = [t for t in pool if feasible(t)]
+        points = [oriented(t, directions) for t in pool]
+        out[b] = hypervolume([points[i] for i in front_indices(points)], tuple(reference))
     return out

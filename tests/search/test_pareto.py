@@ -107,3 +107,6 @@ def test_hypervolume_along_the_run_counts_only_feasible_candidates_in_trial_orde
         4: pytest.approx(0.25),
     }
     assert list(itertools.accumulate(hv.values(), max)) == list(hv.values())
+    # constraints ignored: the violating trial 2 dominates the rest from budget 3 on
+    every = hypervolume_at(ts, [MAX, MAX], [1, 3, 5], (0.0, 0.0), feasible_only=False)
+    assert every == {1: pytest.approx(0.1), 3: pytest.approx(0.81), 5: pytest.approx(0.82)}
