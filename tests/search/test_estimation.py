@@ -41,7 +41,7 @@ def trials_of(cfg):
 
 
 def test_irt_calibrates_on_the_first_generation_then_generates_only_anchors(toy_cache, tmp_path):
-    irt = ("run=irt", "estimator=irt", "estimator.n=8")
+    irt = ("run=irt", "estimator=irt", "estimator.n=8", "estimator.redraw=none")
     cfg = config(tmp_path, *irt, "optimizer.n_trials=8")
     summary = run_search(cfg, progress=False)
     study, trials = trials_of(cfg)
