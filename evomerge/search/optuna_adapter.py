@@ -1,9 +1,9 @@
 """The one place that reaches past Optuna's public API (pinned by tests/search/test_optuna_adapter.py).
 
 What the search needs and Optuna does not expose: a trial's storage id (to write a heartbeat
-for it), the generation a sampler asked a trial in, the study's storage, which trials have a heartbeat on record (Optuna keeps them in
-its `trial_heartbeats` table and has no call to read them), and whether an error means
-"this trial was already finished by someone else". Everything else goes through Optuna's
+for it), the generation a sampler asked a trial in, the study's storage, which trials have a
+heartbeat on record (Optuna keeps them in its `trial_heartbeats` table and has no call to read
+them), and whether an error means "this trial was already finished by someone else". Everything else goes through Optuna's
 public API, in the modules that use it.
 """
 
