@@ -112,14 +112,14 @@ class Estimation:
         return fitted_plan(self.spec, self.universe(), self.objective, rows)
 
     def score(
-        self, recipe: Recipe, study: optuna.Study, median: float | None, generation: int = 0
+        self, recipe: Recipe, study: optuna.Study, median: float | None, draw: int | None = None
     ) -> Estimated:
         """Merge, generate the plan's documents (in chunks when racing against `median`, the
-        generation's; drawn anew for each `generation` with estimator.redraw=generation),
-        estimate, fitness."""
+        generation's; draw `draw` of them, if given: estimator.redraw=generation), estimate,
+        fitness."""
         plan = self.plan(study)
-        if self.spec.redraw == "generation" and not plan.full:
-            plan = plan.redrawn(generation, self.spec.seed)
+        if draw is not None and not plan.full:
+            plan = plan.redrawn(draw, self.spec.seed)
         merge_s, swap_s = self.scorer.load(recipe)
         evs, raced = self._generate(plan, median if self.spec.race else None)
         ev = combine(evs)

@@ -110,16 +110,16 @@ def objective(trial: optuna.Trial, run: SearchRun) -> float | list[float]:
         fail(trial, "genome", e)
     trial.set_user_attr("recipe_sha256", recipe_hash(recipe))
     trial.set_user_attr("worker", run.worker)
-    generation = 0
-    if run.cfg.estimator.redraw == "generation":  # its documents are drawn per generation
-        generation = generation_of(trial, run.cfg.optimizer.population_size or 10)
+    draw = None  # estimator.redraw=generation: the generation's draw of documents
+    if run.cfg.estimator.redraw == "generation":
+        draw = generation_of(trial, run.cfg.optimizer.population_size or 10)
     try:  # merge -> evaluate (on the estimator's documents)
-        est = run.estimation.score(recipe, trial.study, run.ledger.median(), generation)
+        est = run.estimation.score(recipe, trial.study, run.ledger.median(), draw)
     except (CandidateFailed, MergeError) as e:
         fail(trial, e.reason if isinstance(e, CandidateFailed) else "merge", e)
     record_scored(trial, est)
-    if run.cfg.estimator.redraw == "generation" and est.estimated:
-        trial.set_user_attr("draw", generation)  # the draw of documents it generated
+    if draw is not None and est.estimated:
+        trial.set_user_attr("draw", draw)  # the draw of documents it generated
     return run.goals.tell(trial, est.scored.results)  # tell: the objectives
 
 
