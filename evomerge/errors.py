@@ -27,6 +27,10 @@ class SearchError(EvomergeError):
     """A search run cannot start or continue (e.g. storage or run directory problems)."""
 
 
+class UsageError(EvomergeError):
+    """A command line is malformed: an unknown option, a missing or badly typed argument."""
+
+
 # The longest value an error message quotes: enough to recognise a path, a number or a short
 # list; a hostile value (a YAML alias expanded to millions of entries, a megabyte string) is
 # cut here, before its whole repr is ever built.
