@@ -31,6 +31,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from evomerge.errors import EvomergeError, one_line
+from evomerge.kernels import pin_for_this_process
 
 COMMANDS = {
     "search": ("evomerge.search.cli", "run a recipe search (Hydra overrides: task=... models=...)"),
@@ -41,6 +42,14 @@ COMMANDS = {
     "dashboard": ("evomerge.search.dashboard", "serve a search run's study in optuna-dashboard"),
     "toy": ("evomerge.toy.cli", "build the embedded toy model family"),
 }
+
+
+def runs_on_the_toy(name: str, args: list[str]) -> bool:
+    """True for a search on the toy family (the default `models=toy`) or an eval of a toy model."""
+    if name == "search":
+        models = [a.partition("=")[2] for a in args if a.startswith("models=")]
+        return not models or models[-1] == "toy"
+    return name == "eval" and any("toy:" in a for a in args)
 
 
 def usage() -> str:
@@ -58,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"evomerge: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    if runs_on_the_toy(name, rest):
+        # The toy's scores follow the CPU's kernels as its bytes do (evomerge/kernels.py): with
+        # the build's pins, a search on the toy gives the same candidates and fitnesses on every
+        # x86-64 machine with AVX2. Set before torch loads; a user's own settings win.
+        pin_for_this_process()
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return int(module.main(rest) or 0)

@@ -9,12 +9,13 @@ from evomerge.toy.build import (
     FAMILY_VERSION,
     ToyFamily,
     build_family,
+    build_family_pinned,
     default_cache_dir,
-    ensure_family,
     load_family,
 )
 from evomerge.toy.family import SIZES, FamilyConfig, Specialist
 from evomerge.toy.probe import Score, score
+from evomerge.toy.store import ensure_family, load_shipped, verify_build
 from evomerge.toy.tasks import TASK_SPECS, task_examples
 
 __all__ = [
@@ -26,9 +27,12 @@ __all__ = [
     "Specialist",
     "ToyFamily",
     "build_family",
+    "build_family_pinned",
     "default_cache_dir",
     "ensure_family",
     "load_family",
+    "load_shipped",
     "score",
     "task_examples",
+    "verify_build",
 ]

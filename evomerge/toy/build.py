@@ -12,9 +12,11 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,12 @@ from tqdm import tqdm
 from transformers import LlamaForCausalLM
 
 from evomerge.errors import ConfigError
+from evomerge.kernels import (
+    PINNED_KERNELS,
+    cpu_runs_pinned_kernels,
+    environment_is_pinned,
+    pinned_environment,
+)
 from evomerge.toy.family import (
     BASE_MIX,
     FamilyConfig,
@@ -177,6 +185,7 @@ def build_family(
             "version": FAMILY_VERSION,
             "size": size,
             "threads": n,
+            "kernels": kernels_in_use(),
             "build_seconds": round(time.perf_counter() - start, 1),
             "config": asdict(cfg),
             "models": models,
@@ -198,22 +207,48 @@ def _rename(tmp: Path, out: Path) -> None:
         raise
 
 
-def ensure_family(
-    size: str = "full", cache_dir: Path | str | None = None, threads: int | None = None
-) -> ToyFamily:
-    """The cached family of `size`, built on first use (minutes for "full").
+def kernels_in_use() -> dict[str, Any]:
+    """What decided this process's arithmetic: ATen's kernel level and the pins in force."""
+    return {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "pinned": environment_is_pinned(),
+    }
 
-    Cache: `cache_dir`, else `$EVOMERGE_CACHE`, else `~/.cache/evomerge`; the family lives in
-    `toy-v{FAMILY_VERSION}-{size}/` there.
+
+def build_family_pinned(
+    out_dir: Path | str,
+    size: str = "full",
+    *,
+    threads: int | None = None,
+    progress: bool = False,
+    kernels: Mapping[str, str] | None = None,
+) -> ToyFamily:
+    """`build_family` in a child process with the kernel choices pinned (evomerge/kernels.py).
+
+    Every x86-64 machine with AVX2 builds the same bytes this way. Where the CPU cannot run
+    the pinned kernels, the child pins only its threads and the family is this machine's own
+    (its manifest says so under `kernels`). `kernels` replaces the pins (to show they matter).
     """
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / family_dirname(size)
-    if (target / MANIFEST).is_file():
-        return load_family(target)
-    try:
-        return build_family(target, size, threads=threads, progress=True)
-    except ConfigError:
-        # another process finished the same build first
-        if (target / MANIFEST).is_file():
-            return load_family(target)
-        raise
+    out = Path(out_dir)
+    if out.exists():
+        raise ConfigError(f"{out} already exists; remove it or choose another --out")
+    n = family_config(size).threads if threads is None else threads
+    if n < 1:
+        raise ConfigError(f"threads must be >= 1, got {n}")
+    if kernels is None:
+        kernels = PINNED_KERNELS if cpu_runs_pinned_kernels() else {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".toy-build-") as scratch:
+        errfile = Path(scratch) / "error.txt"
+        cmd = [sys.executable, "-m", "evomerge.toy.child", str(out), size, str(n), str(errfile)]
+        done = subprocess.run(
+            [*cmd, *(["--progress"] if progress else [])],
+            env=pinned_environment(n, kernels),
+            check=False,
+        )
+        if done.returncode != 0:
+            why = errfile.read_text().strip() if errfile.is_file() else ""
+            raise ConfigError(
+                why or f"toy build: the build process failed (exit {done.returncode})"
+            )
+    return load_family(out)

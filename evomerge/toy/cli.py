@@ -1,7 +1,11 @@
-"""`python -m evomerge toy [--out DIR] [--size full|small] [--threads N]`
+"""`python -m evomerge toy [--out DIR] [--size full|small] [--threads N] [--verify]`
 
-Builds the toy model family (into DIR, or into the cache when DIR is not given) and prints
-each model's scores on the target task and on the specialists' probes.
+Without --out: the family the search uses (the shipped one, else the cached build, else a new
+build into the cache). With --out: a new build into DIR. Builds run in a child process with
+the CPU kernels pinned (evomerge/kernels.py), so every x86-64 machine with AVX2 builds the
+same bytes. --verify rebuilds in a scratch directory and says whether this machine reproduces
+the recorded bytes (exit 0 if it does, 1 if not). Prints each model's scores on the target
+task and on the specialists' probes.
 """
 
 from __future__ import annotations
@@ -9,19 +13,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from evomerge.toy.build import ToyFamily, build_family, ensure_family
+from evomerge.cli_args import make_parser
+from evomerge.toy.build import ToyFamily, build_family_pinned
 from evomerge.toy.family import SIZES
+from evomerge.toy.store import ensure_family, verify_build
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m evomerge toy", description=__doc__.splitlines()[0])
+    p = make_parser("python -m evomerge toy", __doc__.splitlines()[0])
     p.add_argument("--out", type=Path, help="build into this new directory (default: the cache)")
     p.add_argument("--size", choices=sorted(SIZES), default="full", help="default: full")
     p.add_argument(
         "--threads",
         type=int,
-        help="torch threads for training (default: the size's own, 2 for full, so that every "
-        "machine builds the same bytes)",
+        help="torch threads for training (default: the size's own, 2 for full)",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="rebuild and compare with the recorded bytes (exit 1 if they differ)",
     )
     return p.parse_args(argv)
 
@@ -41,8 +51,12 @@ def summary(family: ToyFamily) -> str:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.verify:
+        verdict = verify_build(args.size, threads=args.threads)
+        print("\n".join(verdict.lines()))
+        return 0 if verdict.reproduced else 1
     if args.out is not None:
-        family = build_family(args.out, args.size, threads=args.threads, progress=True)
+        family = build_family_pinned(args.out, args.size, threads=args.threads, progress=True)
     else:
         family = ensure_family(args.size, threads=args.threads)
     print(summary(family))
