@@ -165,16 +165,19 @@ def build_family(
     *,
     threads: int | None = None,
     progress: bool = False,
+    draw: int = 0,
 ) -> ToyFamily:
-    """Train the family of `size` ("full" or "small") into `out_dir`, which must not exist.
+    """Train the family of `size` ("full" or "small") at `draw` of its seeds into `out_dir`,
+    which must not exist.
 
-    Deterministic: the same size, seed and thread count give the same bytes. `threads`
-    defaults to the size's `FamilyConfig.threads`, so every machine builds the same family.
+    Deterministic: the same size, draw, thread count and CPU kernels give the same bytes.
+    `threads` defaults to the size's `FamilyConfig.threads`; `build_family_pinned` also fixes
+    the kernels, so every x86-64 machine with AVX2 builds the same family.
     """
     out = Path(out_dir)
     if out.exists():
         raise ConfigError(f"{out} already exists; remove it or choose another --out")
-    cfg = family_config(size)
+    cfg = family_config(size, draw)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -184,6 +187,7 @@ def build_family(
         manifest = {
             "version": FAMILY_VERSION,
             "size": size,
+            "draw": draw,
             "threads": n,
             "kernels": kernels_in_use(),
             "build_seconds": round(time.perf_counter() - start, 1),
@@ -222,6 +226,7 @@ def build_family_pinned(
     threads: int | None = None,
     progress: bool = False,
     kernels: Mapping[str, str] | None = None,
+    draw: int = 0,
 ) -> ToyFamily:
     """`build_family` in a child process with the kernel choices pinned (evomerge/kernels.py).
 
@@ -232,7 +237,7 @@ def build_family_pinned(
     out = Path(out_dir)
     if out.exists():
         raise ConfigError(f"{out} already exists; remove it or choose another --out")
-    n = family_config(size).threads if threads is None else threads
+    n = family_config(size, draw).threads if threads is None else threads
     if n < 1:
         raise ConfigError(f"threads must be >= 1, got {n}")
     if kernels is None:
@@ -241,6 +246,7 @@ def build_family_pinned(
     with tempfile.TemporaryDirectory(prefix=".toy-build-") as scratch:
         errfile = Path(scratch) / "error.txt"
         cmd = [sys.executable, "-m", "evomerge.toy.child", str(out), size, str(n), str(errfile)]
+        cmd += ["--draw", str(draw)]
         done = subprocess.run(
             [*cmd, *(["--progress"] if progress else [])],
             env=pinned_environment(n, kernels),

@@ -1,11 +1,12 @@
-"""`python -m evomerge toy [--out DIR] [--size full|small] [--threads N] [--verify]`
+"""`python -m evomerge toy [--out DIR] [--size full|small] [--threads N] [--draw K] [--verify]`
 
 Without --out: the family the search uses (the shipped one, else the cached build, else a new
 build into the cache). With --out: a new build into DIR. Builds run in a child process with
 the CPU kernels pinned (evomerge/kernels.py), so every x86-64 machine with AVX2 builds the
 same bytes. --verify rebuilds in a scratch directory and says whether this machine reproduces
-the recorded bytes (exit 0 if it does, 1 if not). Prints each model's scores on the target
-task and on the specialists' probes.
+the recorded bytes (exit 0 if it does, 1 if not). --draw K (with --out) builds draw K of the
+recipe's (initialization, data) seeds. Prints each model's scores on the target task and on the
+specialists' probes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from evomerge.cli_args import make_parser
+from evomerge.errors import UsageError
 from evomerge.toy.build import ToyFamily, build_family_pinned
 from evomerge.toy.family import SIZES
 from evomerge.toy.store import ensure_family, verify_build
@@ -27,6 +29,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--threads",
         type=int,
         help="torch threads for training (default: the size's own, 2 for full)",
+    )
+    p.add_argument(
+        "--draw",
+        type=int,
+        default=0,
+        help="with --out: draw K of the recipe's seeds (default 0, the recipe as shipped)",
     )
     p.add_argument(
         "--verify",
@@ -56,7 +64,11 @@ def main(argv: list[str]) -> int:
         print("\n".join(verdict.lines()))
         return 0 if verdict.reproduced else 1
     if args.out is not None:
-        family = build_family_pinned(args.out, args.size, threads=args.threads, progress=True)
+        family = build_family_pinned(
+            args.out, args.size, threads=args.threads, progress=True, draw=args.draw
+        )
+    elif args.draw:
+        raise UsageError("--draw needs --out: the cache holds draw 0, the recipe as shipped")
     else:
         family = ensure_family(args.size, threads=args.threads)
     print(summary(family))

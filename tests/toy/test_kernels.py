@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, UsageError
 from evomerge.kernels import (
     PINNED_KERNELS,
     cpu_runs_pinned_kernels,
@@ -149,3 +149,21 @@ def test_searches_on_the_toy_start_with_the_pins(monkeypatch: pytest.MonkeyPatch
     pinned = {k: seen["seed=1"].get(k) for k in PINNED_KERNELS}
     assert pinned == (dict(PINNED_KERNELS) if cpu_runs_pinned_kernels() else dict.fromkeys(pinned))
     assert not any(k in seen["models=evollm_jp"] for k in PINNED_KERNELS)
+
+
+def test_draws_change_the_seeds_and_nothing_else(small_family: ToyFamily, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from evomerge.toy.family import SIZES, family_config
+
+    full = SIZES["full"]
+    assert family_config("full") == full
+    assert family_config("full", 2) == replace(full, seed=3, data_seed=31)  # v4 research's S3
+    with pytest.raises(ConfigError, match=r"draw must be in \[0, 1000\], got -1"):
+        family_config("full", -1)
+    other = build_family_pinned(tmp_path / "d1", "small", threads=1, draw=1)
+    assert other.manifest["draw"] == 1 and other.manifest["config"]["seed"] == 1
+    assert small_family.manifest["draw"] == 0
+    assert weight_hashes(other)["base"] != weight_hashes(small_family)["base"]
+    with pytest.raises(UsageError, match="--draw needs --out"):
+        toy_main(["--size", "small", "--draw", "1"])
