@@ -133,7 +133,8 @@ def test_the_hugging_face_cache_layout_merges_and_its_escapes_do_not(models, tmp
     (snapshot / "tokenizer.json").symlink_to(os.path.relpath(models["secret"], snapshot))
     with pytest.raises(MergeError, match="resolves outside the model directory"):
         merge_to_disk(load_recipe(linear(snapshot, models["base"])), tmp_path / "out2")
-    assert ModelRoot.of(snapshot).root == (tmp_path / "hub" / "models--org--tiny").resolve()
+    repo = (tmp_path / "hub" / "models--org--tiny").resolve()
+    assert ModelRoot.of(snapshot).roots == (repo / "snapshots" / "abc123", repo / "blobs")
 
 
 def test_the_evaluator_refuses_a_model_directory_that_links_outside(models, tmp_path, capsys):
