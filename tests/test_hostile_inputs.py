@@ -23,7 +23,7 @@ from evomerge.merge.confine import ModelRoot
 from evomerge.merge.io import ShardedWriter
 from evomerge.merge.recipe_checks import check_recipe
 from evomerge.merge.stages import load_stages
-from evomerge.merge.staging import Staging, remove_stale
+from evomerge.merge.staging import MARKER, MARKER_TEXT, Staging, remove_stale
 from evomerge.recipe import load_recipe
 from evomerge.yaml_limits import MAX_YAML_BYTES
 from evomerge_dev.testing import make_tiny_llama
@@ -399,6 +399,10 @@ def test_stale_staging_directories_are_removed_and_live_ones_kept(models, tmp_pa
     stale = tmp_path / ".out.dead1234.partial"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")  # its merge was killed: no lock
+    (stale / MARKER).write_bytes(MARKER_TEXT)  # a merge's, not a user's
+    users = tmp_path / ".out.mine.partial"  # named alike, but without the marker: not ours
+    users.mkdir()
+    (users / "notes.txt").write_text("my own files")
     live = tmp_path / ".out.live5678.partial"
     live.mkdir()
     fd = os.open(live, os.O_RDONLY | os.O_DIRECTORY)  # another open file: another owner
@@ -409,7 +413,9 @@ def test_stale_staging_directories_are_removed_and_live_ones_kept(models, tmp_pa
         assert live.exists() and not stale.exists()
     finally:
         os.close(fd)
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == [live.name]
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out."))
+    assert left == sorted([live.name, users.name]) and (users / "notes.txt").exists()
+    assert not (out / MARKER).exists()
 
 
 def test_a_result_is_fsynced_and_never_replaces_a_racing_one(models, tmp_path, monkeypatch):
