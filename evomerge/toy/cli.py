@@ -9,21 +9,40 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from evomerge.cli_args import make_parser
 from evomerge.toy.build import ToyFamily, build_family, ensure_family
 from evomerge.toy.family import SIZES
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m evomerge toy", description=__doc__.splitlines()[0])
+    p = make_parser("python -m evomerge toy", __doc__.splitlines()[0])
     p.add_argument("--out", type=Path, help="build into this new directory (default: the cache)")
     p.add_argument("--size", choices=sorted(SIZES), default="full", help="default: full")
     p.add_argument(
         "--threads",
-        type=int,
+        type=_threads,
         help="torch threads for training (default: the size's own, 2 for full, so that every "
         "machine builds the same bytes)",
     )
     return p.parse_args(argv)
+
+
+# The most torch threads a toy build may use: the family's bytes depend on the thread count, so
+# a machine may build with more threads than it has cores to reproduce another's bytes; past
+# this, threads only cost stacks (100,000 of them cannot start).
+MAX_TOY_THREADS = 256
+
+
+def _threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text[:40]!r}") from None
+    if not 1 <= n <= MAX_TOY_THREADS:
+        raise argparse.ArgumentTypeError(
+            f"must be in [1, {MAX_TOY_THREADS}] (MAX_TOY_THREADS), got {n}"
+        )
+    return n
 
 
 def summary(family: ToyFamily) -> str:
