@@ -120,6 +120,12 @@ def describe_model(ref: str, config: Mapping[str, Any], reader: CheckpointReader
             f"{MAX_LAYERS} (MAX_LAYERS)"
         )
     tensors = {name: reader.info(name) for name in reader.names()}
+    scalars = [name for name, info in tensors.items() if not info.shape]
+    if scalars:  # methods that rank entries within rows (della) have no row to rank
+        raise MergeError(
+            f"model {preview(ref)}: tensor {preview(scalars[0])} is a scalar (0-dim); "
+            "Llama-family checkpoints hold none"
+        )
     layers: dict[int, list[str]] = {}
     global_names = []
     for name in tensors:

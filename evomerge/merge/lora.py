@@ -18,6 +18,7 @@ Both as PEFT's merge does, so a half-precision base gives PEFT's merged tensors 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -251,6 +252,13 @@ def _pattern_value(
                 f"{where}: pattern {preview(pattern)} is not a string of at most "
                 f"{MAX_PATTERN_CHARS} characters (MAX_PATTERN_CHARS)"
             )
+        nested = _nested_repeat(pattern)
+        if nested is not None:
+            raise MergeError(
+                f"{where}: pattern {preview(pattern)} repeats a group that itself repeats or "
+                f"alternates (at character {nested}), which can backtrack catastrophically; "
+                "refused"
+            )
         try:
             found = regex.match(
                 rf"(.*\.)?({pattern})$", module, timeout=max(deadline - time.monotonic(), 0)
@@ -266,6 +274,34 @@ def _pattern_value(
         if found:
             return value
     return default
+
+
+def _nested_repeat(pattern: str) -> int | None:
+    """The position of a group repeated by *, + or {n,} whose body holds a repeat or an
+    alternation ((a+)+, (a|aa)*: exponential backtracking), or None."""
+    groups: list[bool] = []  # per open group: whether its body repeats or alternates
+    i, risky_closed = 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        repeats = c in "*+" or (c == "{" and re.match(r"\{\d*,\d*\}|\{\d+\}", pattern[i:]))
+        if repeats and risky_closed and not re.match(r"\{\d*,?1\}|\{[01]\}", pattern[i:]):
+            return i
+        risky_closed = False
+        if c == "\\":
+            i += 1
+        elif c == "[":  # a character class: skip to its end
+            end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("]", "^") else i + 1)
+            i = len(pattern) if end < 0 else end
+        elif c == "(":
+            groups.append(False)
+        elif c == ")" and groups:
+            risky_closed = groups.pop()
+            if groups:
+                groups[-1] = groups[-1] or risky_closed
+        elif (repeats or c == "|") and groups:
+            groups[-1] = True
+        i += 1
+    return None
 
 
 def check_fits(adapter: Adapter, base: CheckpointReader) -> None:
