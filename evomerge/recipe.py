@@ -34,7 +34,7 @@ import yaml
 
 from evomerge.errors import RecipeError, preview, preview_key
 from evomerge.model_ref import MAX_LAYERS
-from evomerge.vocabulary import TokenizerSpec, parse_tokenizer
+from evomerge.recipe_tokenizer import TokenizerSpec, parse_tokenizer
 from evomerge.yaml_limits import load_yaml, read_text_file
 
 Scalar: TypeAlias = bool | int | float | str
@@ -88,7 +88,7 @@ class Recipe:
     tokenizer_source: str | None = None
     random_seed: int | None = None
     drop_scheme: str | None = None  # None: torch_cpu (see merge/drops.py)
-    tokenizer: TokenizerSpec | None = None  # vocabulary merging (evomerge/vocabulary.py)
+    tokenizer: TokenizerSpec | None = None  # vocabulary merging (evomerge/recipe_tokenizer.py)
 
     def referenced_models(self) -> tuple[str, ...]:
         """Every model the recipe reads, base first, each once, in recipe order."""

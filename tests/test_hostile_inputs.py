@@ -21,9 +21,9 @@ from evomerge.evaluate.tasks import check_task_files
 from evomerge.merge import merge_to_disk
 from evomerge.merge.confine import ModelRoot
 from evomerge.merge.io import ShardedWriter
+from evomerge.merge.multistage import load_stages
+from evomerge.merge.out_dir import MARKER, MARKER_TEXT, Staging, remove_stale
 from evomerge.merge.recipe_checks import check_recipe
-from evomerge.merge.stages import load_stages
-from evomerge.merge.staging import MARKER, MARKER_TEXT, Staging, remove_stale
 from evomerge.recipe import load_recipe
 from evomerge.yaml_limits import MAX_YAML_BYTES
 from evomerge_dev.testing import make_tiny_llama

@@ -89,7 +89,7 @@ def run_eval(
 ) -> Results:
     """Evaluate a model directory / Hub id / recipe / toy member on the named tasks."""
     if model.endswith((".yaml", ".yml")):
-        from evomerge.merge.stages import load_stages
+        from evomerge.merge.multistage import load_stages
 
         load_stages(Path(model))  # a bad recipe fails before the tasks are built
         task_set = load_tasks(tasks, settings, extra_paths=include)
@@ -104,7 +104,7 @@ def run_eval(
 
 def _eval_recipe(path: Path, task_set: Any, settings: EvalSettings) -> Results:
     from evomerge.merge.execute import MergeOptions
-    from evomerge.merge.stages import merge_recipe_file
+    from evomerge.merge.multistage import merge_recipe_file
 
     with tempfile.TemporaryDirectory(prefix="evomerge-eval-") as tmp:
         options = MergeOptions(allow_pickle=settings.allow_pickle)

@@ -10,7 +10,7 @@ from pathlib import Path
 from evomerge.cli_args import make_parser
 from evomerge.merge.execute import MergeOptions
 from evomerge.merge.io import parse_size
-from evomerge.merge.stages import merge_recipe_file
+from evomerge.merge.multistage import merge_recipe_file
 
 
 def build_parser() -> argparse.ArgumentParser:

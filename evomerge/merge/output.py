@@ -10,7 +10,7 @@ from evomerge.merge.cache import SourceCache
 from evomerge.merge.card import render_card
 from evomerge.merge.confine import ModelRoot
 from evomerge.merge.plan import MergePlan
-from evomerge.merge.vocab import TOKENIZER_FILES, copy_files
+from evomerge.merge.vocabulary import TOKENIZER_FILES, copy_files
 from evomerge.recipe import dump_recipe
 
 TAGALONG_FILES = ("generation_config.json",)

@@ -15,7 +15,7 @@ from evomerge.errors import MergeError, RecipeError
 from evomerge.merge import merge_to_disk
 from evomerge.merge.io import ShardedWriter
 from evomerge.merge.lora import _nested_repeat
-from evomerge.merge.stages import MAX_STAGES, load_stages
+from evomerge.merge.multistage import MAX_STAGES, load_stages
 from evomerge.model_ref import MAX_LAYERS
 from evomerge.recipe import load_recipe
 

@@ -11,7 +11,7 @@ import pytest
 from evomerge.__main__ import main
 from evomerge.errors import MergeError
 from evomerge.merge import merge_to_disk
-from evomerge.merge.staging import MARKER, Staging
+from evomerge.merge.out_dir import MARKER, Staging
 from evomerge.recipe import load_recipe
 
 

@@ -1,15 +1,17 @@
-"""Where a merge writes before its output appears: a hidden staging directory beside OUT_DIR.
+"""OUT_DIR of a merge: checked before any work, written in a hidden staging directory beside
+it, and moved into place complete, or not at all.
 
-The merge holds an exclusive flock on its staging directory for as long as it lives. The
-kernel drops the lock when the process ends, however it ends (SIGKILL included), so a later
-merge into the same place that can take the lock on a leftover directory knows that its owner
-is dead, and removes it (holding the lock), saying so; a live merge's directory is never
-touched. A new directory is unlocked for an instant after its creation: a merge whose new
-directory was taken for a leftover in that instant finds it locked or deleted once it holds
-the lock, and makes another. At the end the
-files and the directory are fsynced, then renamed to OUT_DIR in one step, then the parent is
-fsynced, so a power cut leaves either no OUT_DIR or a complete one.
-"""
+The merge holds an exclusive flock on its staging directory for as long as it lives, and marks
+the directory as a merge's (MARKER). The kernel drops the lock when the process ends, however it
+ends (SIGKILL included), so a later merge into the same place that can take the lock on a
+leftover directory that carries the marker knows that its owner is dead, and removes it (holding
+the lock), saying so; a live merge's directory, and a directory named alike that lacks the
+marker (a user's own), are never touched. A new directory is unlocked for an instant after its
+creation: a merge whose new directory was taken for a leftover in that instant finds it locked
+or deleted once it holds the lock, and makes another. At the end the files and the directory
+are fsynced, then renamed to OUT_DIR in one step, then the parent is fsynced, so a power cut
+leaves either no OUT_DIR or a complete one. A merge that fails removes its staging directory
+and the parent directories it made for OUT_DIR (each only while empty)."""
 
 from __future__ import annotations
 

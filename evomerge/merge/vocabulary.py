@@ -23,7 +23,7 @@ from evomerge.errors import MergeError, preview
 from evomerge.merge.architecture import EMBED, LM_HEAD
 from evomerge.merge.confine import ModelRoot
 from evomerge.recipe import Recipe
-from evomerge.vocabulary import TokenEmbedding, TokenizerSpec, TokenSource
+from evomerge.recipe_tokenizer import TokenEmbedding, TokenizerSpec, TokenSource
 
 VOCAB_TENSORS = (EMBED, LM_HEAD)  # tensors indexed by token id along their first axis
 # The files of a tokenizer (those transformers' tokenizers read, and the chat template): what a

@@ -22,8 +22,8 @@ from typing import Any
 from evomerge.errors import MergeError, RecipeError, preview
 from evomerge.merge.card import render_card
 from evomerge.merge.execute import MergeOptions, merge_to_disk
+from evomerge.merge.out_dir import Staging, check_out_dir, make_parents, remove_made
 from evomerge.merge.recipe_checks import check_recipe
-from evomerge.merge.staging import Staging, check_out_dir, make_parents, remove_made
 from evomerge.recipe import Recipe, dump_recipe, parse_recipe, read_source, safe_load_yaml
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

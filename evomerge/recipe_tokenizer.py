@@ -1,5 +1,5 @@
-"""A recipe's `tokenizer:` section (mergekit's layout): which vocabulary the merged model gets,
-and where each token's embedding row comes from.
+"""The recipe side of vocabulary merging: a recipe's `tokenizer:` section (mergekit's layout),
+which vocabulary the merged model gets and where each token's embedding row comes from.
 
 ```yaml
 tokenizer:
@@ -11,7 +11,7 @@ tokenizer:
     <pad>: {source: {kind: zero}, force: true}                 # force: for every model
 ```
 
-Only the recipe side lives here (no torch); merge/vocab.py builds the vocabulary.
+Only the recipe side lives here (no torch); merge/vocabulary.py builds the vocabulary.
 """
 
 from __future__ import annotations
