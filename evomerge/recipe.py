@@ -33,7 +33,6 @@ from typing import Any, TypeAlias
 import yaml
 
 from evomerge.errors import RecipeError, preview, preview_key
-from evomerge.model_ref import MAX_LAYERS
 from evomerge.recipe_tokenizer import TokenizerSpec, parse_tokenizer
 from evomerge.yaml_limits import load_yaml, read_text_file
 
@@ -136,11 +135,9 @@ _TOP_KEYS = (
 DROP_SCHEMES = ("torch_cpu", "counter")  # merge/drops.py
 # A slice's input_scale is folded into the weights (the residual writers are divided by the
 # product of the scales so far): the paper's scales lie in [0.5, 2]; one of 1e300 turns the
-# weights to zero (or, as 1e-200, to inf). Each scale stays in [1/MAX_INPUT_SCALE,
-# MAX_INPUT_SCALE], and the running product in [1/MAX_SCALE_PRODUCT, MAX_SCALE_PRODUCT], where
-# weights of magnitude 1e-4..10 divided by it stay normal float32 / bfloat16 numbers (1e+-38).
+# weights to zero (or, as 1e-200, to inf). Each stays in [1/MAX_INPUT_SCALE, MAX_INPUT_SCALE]
+# (their product: merge/recipe_checks.py).
 MAX_INPUT_SCALE = 1e6
-MAX_SCALE_PRODUCT = 1e30
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 # mergekit keys we accept and ignore (documented in the README): they do not change tensors.
 _IGNORED_TOP_KEYS = ("name", "chat_template")
@@ -175,7 +172,7 @@ def parse_recipe(data: Mapping[str, Any]) -> Recipe:
     has_models, has_slices = bool(data.get("models")), bool(data.get("slices"))
     if has_models == has_slices:
         raise RecipeError("recipe: give exactly one of `models` or `slices` (a non-empty list)")
-    recipe = Recipe(
+    return Recipe(
         merge_method=method_name,
         base_model=_optional_str(data, "base_model", ""),
         parameters=_parse_parameters(data.get("parameters"), "parameters"),
@@ -192,8 +189,6 @@ def parse_recipe(data: Mapping[str, Any]) -> Recipe:
             _parse_slice(s, f"slices[{i}]") for i, s in enumerate(data.get("slices") or ())
         ),
     )
-    _check_slices(recipe.slices)
-    return recipe
 
 
 # --- parsing helpers -------------------------------------------------------------------------
@@ -297,26 +292,6 @@ def _optional_scale(value: Any, path: str) -> float | None:
             f"got {preview(value)}"
         )
     return float(value)
-
-
-def _check_slices(slices: tuple[SliceSpec, ...]) -> None:
-    """The output's layer count (each is written: one YAML alias can repeat a slice 60,000
-    times) and the running product of the input scales, bounded."""
-    layers = sum(s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in slices)
-    if layers > MAX_LAYERS:
-        raise RecipeError(
-            f"slices: {layers} output layers, over {MAX_LAYERS} (MAX_LAYERS, the most layers "
-            "a model may have)"
-        )
-    product = 1.0
-    for i, s in enumerate(slices):
-        product *= s.input_scale or 1.0
-        if not 1 / MAX_SCALE_PRODUCT <= product <= MAX_SCALE_PRODUCT:
-            raise RecipeError(
-                f"slices[{i}].input_scale: the product of the input scales up to here is "
-                f"{product:g}, outside [{1 / MAX_SCALE_PRODUCT:g}, {MAX_SCALE_PRODUCT:g}] "
-                "(MAX_SCALE_PRODUCT)"
-            )
 
 
 def _parse_source(value: Any, path: str) -> SourceSpec:

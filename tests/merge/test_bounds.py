@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from evomerge.errors import MergeError, RecipeError
-from evomerge.merge import merge_to_disk
+from evomerge.merge import check_recipe, merge_to_disk
 from evomerge.merge.io import ShardedWriter
 from evomerge.merge.lora import _nested_repeat
 from evomerge.merge.multistage import MAX_STAGES, load_stages
@@ -87,7 +87,7 @@ def test_slices_repeated_by_an_alias_are_bounded(family: dict[str, Path]) -> Non
     one = f"&s {{sources: [{{model: '{family['a']}', layer_range: [0, 3]}}]}}"
     text = f"merge_method: passthrough\nslices:\n  - {one}\n" + "  - *s\n" * 1000
     with pytest.raises(RecipeError, match=f"slices: 3003 output layers, over {MAX_LAYERS}"):
-        load_recipe(text)
+        check_recipe(load_recipe(text))
 
 
 @pytest.mark.parametrize(

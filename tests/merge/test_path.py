@@ -68,7 +68,7 @@ def test_the_product_of_input_scales_is_bounded() -> None:
         "  - sources: [{model: a, layer_range: [0, 1]}]\n    input_scale: 1e6\n" for _ in range(6)
     )
     with pytest.raises(RecipeError, match=r"slices\[5\]\.input_scale: the product .* 1e\+36"):
-        load_recipe(f"merge_method: passthrough\nslices:\n{slices}")
+        check_recipe(load_recipe(f"merge_method: passthrough\nslices:\n{slices}"))
 
 
 def test_input_scale_needs_passthrough() -> None:
