@@ -12,6 +12,12 @@ from evomerge.errors import ConfigError, preview
 
 TOY_PREFIX = "toy:"
 ADAPTER_SEPARATOR = "+"  # mergekit's BASE+ADAPTER; merge/lora.py checks the form
+# The most decoder layers a model, or a merge's output, may have: the deepest released models
+# have about 130 (Llama 3.1 405B: 126), and a DFS export lays out M models r times (the paper:
+# r = 3), under 1,000 for a few such models. Past this a count is not a model's: lists indexed
+# by layer would exhaust memory, and a recipe whose slices repeat (a YAML alias) would write
+# an output thousands of times its size.
+MAX_LAYERS = 2048
 
 
 def resolve_reference(ref: str, toy_size: str = "full") -> str:
@@ -50,7 +56,14 @@ def model_config(model: str) -> dict[str, Any]:
 def num_layers_of(model: str) -> int:
     """`num_hidden_layers` from the model's config (or its text config)."""
     config = model_config(model)
-    n = config.get("num_hidden_layers") or config.get("text_config", {}).get("num_hidden_layers")
-    if not isinstance(n, int):
-        raise ConfigError(f"models: {model!r} has no num_hidden_layers in its config")
+    text_config = config.get("text_config")
+    n = config.get("num_hidden_layers")
+    if n is None and isinstance(text_config, dict):
+        n = text_config.get("num_hidden_layers")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"models: {preview(model)} has no num_hidden_layers in its config")
+    if n > MAX_LAYERS:
+        raise ConfigError(
+            f"models: {preview(model)} has num_hidden_layers {n}, over {MAX_LAYERS} (MAX_LAYERS)"
+        )
     return n

@@ -79,10 +79,17 @@ def build(root: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evomerge_dev: not installed
-    from evomerge_dev.testing import make_tiny_llama
+    from evomerge_dev.testing import make_tiny_llama, make_tiny_lora
 
     base = make_tiny_llama(root / "base", seed=0)
     a = make_tiny_llama(root / "a", seed=1, base=base)
+    make_tiny_lora(root / "adapter", base, seed=2)  # a LoRA source: base+adapter
+    scalar = root / "scalar_model"  # a with one 0-dim tensor more
+    scalar.mkdir()
+    for f in a.iterdir():
+        (scalar / f.name).write_bytes(f.read_bytes())
+    tensors = {**load_file(a / "model.safetensors"), "model.scalar": torch.tensor(1.0)}
+    save_file(tensors, scalar / "model.safetensors")
     # big enough that a merge spends seconds writing, so a kill lands mid-write
     big = make_tiny_llama(root / "big", seed=5, num_layers=12, hidden_size=384, shards=4)
     make_tiny_llama(root / "big2", seed=6, num_layers=12, hidden_size=384, base=big)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import struct
 import subprocess
@@ -43,6 +44,7 @@ from hostile_cases import (  # beside this script
     strict_cases,
     traceback_cases,
 )
+from hostile_second_round import second_round_cases  # beside this script
 
 
 @dataclass
@@ -59,6 +61,16 @@ class Outcome:
     stderr_tail: str = field(default="")
 
 
+# Address space of each case (RLIMIT_AS), as the second round's probe ran them: an input that
+# makes a case allocate past this fails there instead of swapping the machine. torch's import
+# and a tiny merge need under 3 GB of address space.
+ADDRESS_SPACE_BYTES = 6 * 2**30
+
+
+def _cap_address_space() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_BYTES, ADDRESS_SPACE_BYTES))
+
+
 def run_case(case: Case, out: Path, timeout: float) -> Outcome:
     start = time.monotonic()
     proc = subprocess.Popen(
@@ -66,6 +78,7 @@ def run_case(case: Case, out: Path, timeout: float) -> Outcome:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        preexec_fn=_cap_address_space,
     )
     code, rss_kb, stdout, stderr = _wait(proc, timeout)
     seconds = time.monotonic() - start
@@ -262,13 +275,42 @@ def racing_merge_cases(fx: Fixture, timeout: float, rounds: int = 3) -> list[Out
     return outcomes
 
 
+def keep_intermediates_rerun(fx: Fixture, timeout: float) -> Outcome:
+    """--keep-intermediates with a later stage failing, then the same command with that stage
+    fixed: the first run leaves nothing, the rerun merges and keeps both stages."""
+    where = fx.case_dir("state_keep_intermediates_rerun")
+    recipe, keep, out = where / "r.yaml", where / "new" / "keep", where / "out"
+
+    def stages(second: object) -> str:
+        first = f"name: s1\n{linear(fx.a, fx.base)}"
+        return f"{first}---\nname: s2\n{linear('s1', second)}---\n{linear('s2', fx.base)}"
+
+    recipe.write_text(stages(where / "no_such_model"))
+    argv = ["merge", str(recipe), str(out), "--no-progress", "--keep-intermediates", str(keep)]
+    first = run_case(Case("keep_first", "state", argv), out, timeout)
+    left = sorted(p.name for p in where.iterdir())
+    recipe.write_text(stages(fx.base))
+    rerun = run_case(Case("state_keep_intermediates_rerun", "state", argv, "accept"), out, timeout)
+    problem = None
+    if not first.clean:
+        problem = f"the failing run: exit {first.code}, {first.stderr_tail}"
+    elif left != ["r.yaml"]:
+        problem = f"the failing run left {left}"
+    elif not keep.is_dir() or sorted(p.name for p in keep.iterdir()) != ["s1", "s2"]:
+        problem = "the rerun did not keep both stages"
+    rerun.problem, rerun.clean = problem, rerun.clean and problem is None
+    rerun.stderr_tail = f"first run: {first.stderr_tail}"[:300]
+    return rerun
+
+
 # --- running and reporting -----------------------------------------------------------------
 
 
-def run_all(out_dir: Path, timeout: float = 120.0) -> dict:
+def run_all(out_dir: Path, timeout: float = 120.0, only_second: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="evomerge-hostile-") as tmp:
         fx = Fixture(Path(tmp))
         cases = confinement_cases(fx) + resource_cases(fx) + traceback_cases(fx) + strict_cases(fx)
+        cases = second_round_cases(fx) if only_second else cases + second_round_cases(fx)
         outcomes = []
         for case in cases:
             o = run_case(
@@ -285,7 +327,10 @@ def run_all(out_dir: Path, timeout: float = 120.0) -> dict:
                 f"{o.peak_rss_mb:7.1f}MB  {o.problem or o.stderr_tail[:110]}",
                 flush=True,
             )
-        for o in killed_merge_cases(fx, timeout) + racing_merge_cases(fx, timeout):
+        more = (
+            [] if only_second else killed_merge_cases(fx, timeout) + racing_merge_cases(fx, timeout)
+        )
+        for o in [*more, keep_intermediates_rerun(fx, timeout)]:
             outcomes.append(o)
             flag = "ok " if o.clean else "BAD"
             print(
@@ -332,8 +377,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/reliability"))
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--only-second-round", action="store_true", help="the second round's cases only"
+    )
     args = parser.parse_args()
-    run_all(args.out, args.timeout)
+    run_all(args.out, args.timeout, args.only_second_round)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ from evomerge.evaluate.tasks import check_task_files
 from evomerge.merge import merge_to_disk
 from evomerge.merge.confine import ModelRoot
 from evomerge.merge.io import ShardedWriter
+from evomerge.merge.multistage import load_stages
+from evomerge.merge.out_dir import MARKER, MARKER_TEXT, Staging, remove_stale
 from evomerge.merge.recipe_checks import check_recipe
-from evomerge.merge.stages import load_stages
-from evomerge.merge.staging import Staging, remove_stale
 from evomerge.recipe import load_recipe
 from evomerge.yaml_limits import MAX_YAML_BYTES
 from evomerge_dev.testing import make_tiny_llama
@@ -133,7 +133,8 @@ def test_the_hugging_face_cache_layout_merges_and_its_escapes_do_not(models, tmp
     (snapshot / "tokenizer.json").symlink_to(os.path.relpath(models["secret"], snapshot))
     with pytest.raises(MergeError, match="resolves outside the model directory"):
         merge_to_disk(load_recipe(linear(snapshot, models["base"])), tmp_path / "out2")
-    assert ModelRoot.of(snapshot).root == (tmp_path / "hub" / "models--org--tiny").resolve()
+    repo = (tmp_path / "hub" / "models--org--tiny").resolve()
+    assert ModelRoot.of(snapshot).roots == (repo / "snapshots" / "abc123", repo / "blobs")
 
 
 def test_the_evaluator_refuses_a_model_directory_that_links_outside(models, tmp_path, capsys):
@@ -398,6 +399,10 @@ def test_stale_staging_directories_are_removed_and_live_ones_kept(models, tmp_pa
     stale = tmp_path / ".out.dead1234.partial"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")  # its merge was killed: no lock
+    (stale / MARKER).write_bytes(MARKER_TEXT)  # a merge's, not a user's
+    users = tmp_path / ".out.mine.partial"  # named alike, but without the marker: not ours
+    users.mkdir()
+    (users / "notes.txt").write_text("my own files")
     live = tmp_path / ".out.live5678.partial"
     live.mkdir()
     fd = os.open(live, os.O_RDONLY | os.O_DIRECTORY)  # another open file: another owner
@@ -408,7 +413,9 @@ def test_stale_staging_directories_are_removed_and_live_ones_kept(models, tmp_pa
         assert live.exists() and not stale.exists()
     finally:
         os.close(fd)
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == [live.name]
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out."))
+    assert left == sorted([live.name, users.name]) and (users / "notes.txt").exists()
+    assert not (out / MARKER).exists()
 
 
 def test_a_result_is_fsynced_and_never_replaces_a_racing_one(models, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ they can run code when loaded, so they are refused unless asked for."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -14,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from evomerge.cli_args import make_parser
 from evomerge.config import compose, quote_list_override
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, preview
 from evomerge.evaluate.backends import make_backend
 from evomerge.evaluate.fitness import Results
 from evomerge.evaluate.runner import evaluate
@@ -25,12 +27,35 @@ from evomerge.merge.confine import INDEX_FILES, ModelRoot
 from evomerge.model_ref import resolve_reference
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser("python -m evomerge eval", __doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="model=... (required), task=a[,b], limit=N, output=FILE, include=[DIR], toy_size=...",
+    )
+    parser.add_argument(
+        "--allow-pickle", action="store_true", help="also read pickle (.bin) checkpoints"
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """(the config overrides, --allow-pickle); a usage error is one line (UsageError)."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    for item in args.overrides:
+        if "=" not in item:
+            parser.error(f"expected KEY=VALUE, got {preview(item)}")
+    if not any(item.startswith("model=") for item in args.overrides):
+        parser.error("model= is required (a directory, Hub id, recipe.yaml or toy:NAME)")
+    return list(args.overrides), args.allow_pickle
+
+
 def main(argv: Sequence[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    allow_pickle = "--allow-pickle" in argv
-    argv = [a for a in argv if a != "--allow-pickle"]
+    argv, allow_pickle = parse_args(argv)
     argv = ["tasks=" + a.removeprefix("task=") if a.startswith("task=") else a for a in argv]
     cfg = compose("eval", quote_list_override(argv, "tasks"))
     evaluator = dict(cfg["evaluator"])
@@ -64,7 +89,7 @@ def run_eval(
 ) -> Results:
     """Evaluate a model directory / Hub id / recipe / toy member on the named tasks."""
     if model.endswith((".yaml", ".yml")):
-        from evomerge.merge.stages import load_stages
+        from evomerge.merge.multistage import load_stages
 
         load_stages(Path(model))  # a bad recipe fails before the tasks are built
         task_set = load_tasks(tasks, settings, extra_paths=include)
@@ -79,7 +104,7 @@ def run_eval(
 
 def _eval_recipe(path: Path, task_set: Any, settings: EvalSettings) -> Results:
     from evomerge.merge.execute import MergeOptions
-    from evomerge.merge.stages import merge_recipe_file
+    from evomerge.merge.multistage import merge_recipe_file
 
     with tempfile.TemporaryDirectory(prefix="evomerge-eval-") as tmp:
         options = MergeOptions(allow_pickle=settings.allow_pickle)

@@ -18,6 +18,7 @@ from typing import Any
 from evomerge.errors import MergeError, preview
 from evomerge.merge.confine import ModelRoot
 from evomerge.merge.io import CheckpointReader, TensorInfo
+from evomerge.model_ref import MAX_LAYERS
 
 SUPPORTED = {
     "llama": "LlamaForCausalLM",
@@ -109,11 +110,22 @@ def describe_model(ref: str, config: Mapping[str, Any], reader: CheckpointReader
             f"supported model types: {', '.join(SUPPORTED)}"
         )
     num_layers = config.get("num_hidden_layers")
-    if not isinstance(num_layers, int) or num_layers < 1:
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise MergeError(
             f"model {preview(ref)}: config.json num_hidden_layers is {preview(num_layers)}"
         )
+    if num_layers > MAX_LAYERS:
+        raise MergeError(
+            f"model {preview(ref)}: config.json num_hidden_layers is {num_layers}, over "
+            f"{MAX_LAYERS} (MAX_LAYERS)"
+        )
     tensors = {name: reader.info(name) for name in reader.names()}
+    scalars = [name for name, info in tensors.items() if not info.shape]
+    if scalars:  # methods that rank entries within rows (della) have no row to rank
+        raise MergeError(
+            f"model {preview(ref)}: tensor {preview(scalars[0])} is a scalar (0-dim); "
+            "Llama-family checkpoints hold none"
+        )
     layers: dict[int, list[str]] = {}
     global_names = []
     for name in tensors:
@@ -138,10 +150,11 @@ def describe_model(ref: str, config: Mapping[str, Any], reader: CheckpointReader
 
 
 def _check_layers(ref: str, layers: Mapping[int, list[str]], num_layers: int) -> None:
-    if sorted(layers) != list(range(num_layers)):
+    # the indices are 0..num_layers-1 when there are num_layers distinct ones in that range
+    if len(layers) != num_layers or any(not 0 <= i < num_layers for i in layers):
         raise MergeError(
             f"model {preview(ref)}: config.json says {num_layers} layers but the checkpoint has "
-            f"tensors for layers {sorted(layers)}"
+            f"tensors for layers {preview(sorted(layers))}"
         )
 
 

@@ -4,17 +4,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
+from evomerge.cli_args import make_parser
 from evomerge.merge.execute import MergeOptions
 from evomerge.merge.io import parse_size
-from evomerge.merge.stages import merge_recipe_file
+from evomerge.merge.multistage import merge_recipe_file
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m evomerge merge",
-        description="Merge a (mergekit-compatible) recipe YAML into a Hugging Face checkpoint.",
+    parser = make_parser(
+        "python -m evomerge merge",
+        "Merge a (mergekit-compatible) recipe YAML into a Hugging Face checkpoint.",
     )
     parser.add_argument("recipe", help="recipe YAML file")
     parser.add_argument("out_dir", help="output directory (must not exist; created atomically)")
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dtype", default=None, choices=["float32", "float16", "bfloat16"])
     parser.add_argument(
         "--threads",
-        type=int,
+        type=thread_count,
         default=None,
         help="torch threads for the arithmetic; reading ahead and writing take one more thread "
         "each (default: torch's, one per core)",
@@ -50,6 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: a temporary directory, removed at the end)",
     )
     return parser
+
+
+def thread_count(text: str) -> int:
+    """--threads: from 1 to the CPUs this process may use (more only adds threads that wait,
+    and each costs a stack: 100,000 of them cannot start)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text[:40]!r}") from None
+    if not 1 <= n <= cpus:
+        raise argparse.ArgumentTypeError(f"must be in [1, {cpus}] (the CPUs available), got {n}")
+    return n
 
 
 def main(argv: list[str]) -> int:

@@ -18,13 +18,13 @@ from evomerge.merge.drops import CounterDraws
 from evomerge.merge.io import ShardedWriter, resolve_model_dir
 from evomerge.merge.lora import split_adapter
 from evomerge.merge.methods import MergeArgs, TaskVector
+from evomerge.merge.out_dir import Staging, check_out_dir
 from evomerge.merge.output import check_extras, write_extras
 from evomerge.merge.overlap import BackgroundWriter, read_ahead, torch_threads
 from evomerge.merge.plan import MergePlan, TensorJob, plan_merge
 from evomerge.merge.recipe_checks import check_distinct_models, check_recipe
 from evomerge.merge.sparsify import RandomDraws
-from evomerge.merge.staging import Staging, check_out_dir
-from evomerge.merge.vocab import VOCAB_TENSORS, build_vocabulary, permute_rows, tokenizer_spec
+from evomerge.merge.vocabulary import VOCAB_TENSORS, build_vocabulary, permute_rows, tokenizer_spec
 from evomerge.recipe import Recipe
 
 DTYPES = {
@@ -65,7 +65,7 @@ def merge_to_disk(
     """Merge into a new Hugging Face checkpoint at `out_dir` (which must not exist).
 
     Everything is written to a staging directory beside `out_dir`, fsynced and renamed into
-    place at the end, so on any error nothing appears at `out_dir` (see staging.py). Reading,
+    place at the end, so on any error nothing appears at `out_dir` (see out_dir.py). Reading,
     arithmetic and writing overlap (overlap.py). `card` replaces the model card (README.md)
     written from the recipe.
     """

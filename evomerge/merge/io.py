@@ -295,6 +295,12 @@ class ShardedWriter:
         if (name, tuple(tensor.shape), tensor.dtype) != entry:
             got = (name, tuple(tensor.shape), tensor.dtype)
             raise MergeError(f"writer: expected tensor {entry}, got {got}")
+        if not is_finite(tensor):
+            raise MergeError(
+                f"{name}: the merged tensor holds inf or NaN; refused (a parameter such as "
+                "lambda, scale, weight or an adapter's lora_alpha overflows, or a source holds "
+                "non-finite values)"
+            )
         shard = self._shard_of(self._written)
         if self._shards[shard][0] is entry:
             self._open(shard)
@@ -334,6 +340,16 @@ class ShardedWriter:
             text = json.dumps(index, indent=2, sort_keys=True) + "\n"
             (self.directory / "model.safetensors.index.json").write_text(text)
         return list(self.file_names)
+
+
+def is_finite(tensor: torch.Tensor) -> bool:
+    """Whether every entry is finite. A sum is finite only when every entry is (inf and NaN
+    propagate), so one reduction settles the usual case; float16 accumulates in float32 (its
+    sums of ordinary weights overflow at 65504)."""
+    if not tensor.is_floating_point():
+        return True
+    total = tensor.sum(dtype=torch.float32) if tensor.dtype == torch.float16 else tensor.sum()
+    return bool(torch.isfinite(total)) or bool(torch.isfinite(tensor).all())
 
 
 TensorLayout = tuple[str, tuple[int, ...], torch.dtype]

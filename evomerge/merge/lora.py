@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import regex
 import torch
 
 from evomerge.errors import MergeError, preview
@@ -43,6 +45,12 @@ _FACTORS = {
     ".lora_embedding_B": ("B", True),
 }
 _BASE_LAYER = ".base_layer.weight"
+# rank_pattern / alpha_pattern keys are regular expressions from the adapter's file. PEFT writes
+# module names or short alternations (under 200 characters); longer ones are refused.
+MAX_PATTERN_CHARS = 1000
+# Seconds all of an adapter's pattern matching may take: real patterns match in microseconds;
+# one that backtracks catastrophically ((a|aa)+ on a long name) would run for hours.
+MAX_PATTERN_SECONDS = 2.0
 # PEFT features whose merge is not W + s * B @ A: refused by name rather than merged wrongly.
 _UNSUPPORTED_CONFIG = {
     "use_dora": "DoRA (use_dora)",
@@ -176,12 +184,15 @@ def _parse_tensors(
         else:  # modules_to_save: the module's tensors saved whole
             replacements[key] = name
     updates = {}
+    deadline = time.monotonic() + MAX_PATTERN_SECONDS  # for all of the adapter's matching
     for module, pair in factors.items():
         if set(pair) != {"A", "B"}:
             raise MergeError(
                 f"model {preview(ref)}: adapter has lora_A or lora_B of {module} alone"
             )
-        updates[module + ".weight"] = _update(ref, config, reader, module, pair, transposed[module])
+        updates[module + ".weight"] = _update(
+            ref, config, reader, module, pair, transposed[module], deadline
+        )
     if not updates and not replacements:
         raise MergeError(f"model {preview(ref)}: the adapter holds no LoRA tensors")
     return updates, replacements
@@ -194,10 +205,26 @@ def _update(
     module: str,
     pair: Mapping[str, str],
     embedding: bool,
+    deadline: float,
 ) -> LoraUpdate:
     a, b = reader.info(pair["A"]).shape, reader.info(pair["B"]).shape
-    r = _pattern_value(config.get("rank_pattern") or {}, module, config["r"])
-    alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config["lora_alpha"])
+    r = _pattern_value(
+        ref, config.get("rank_pattern") or {}, "rank_pattern", module, config["r"], deadline
+    )
+    alpha = _pattern_value(
+        ref,
+        config.get("alpha_pattern") or {},
+        "alpha_pattern",
+        module,
+        config["lora_alpha"],
+        deadline,
+    )
+    for key, value in (("r", r), ("lora_alpha", alpha)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise MergeError(
+                f"model {preview(ref)}: {ADAPTER_CONFIG} {key} of {module} must be a positive "
+                f"number, got {preview(value)}"
+            )
     if len(a) != 2 or len(b) != 2 or a[0] != r or b[1] != r:
         raise MergeError(
             f"model {preview(ref)}: adapter factors of {module} have shapes A {list(a)}, B {list(b)}; "
@@ -208,12 +235,73 @@ def _update(
     return LoraUpdate(pair["A"], pair["B"], scaling, flip, embedding)
 
 
-def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
-    """PEFT's per-module override: the first pattern that matches the module name's end."""
+def _pattern_value(
+    ref: str, patterns: Any, key: str, module: str, default: Any, deadline: float
+) -> Any:
+    """PEFT's per-module override: the first pattern that matches the module name's end.
+
+    The patterns come from the adapter's file: each is bounded in length, and matching (with
+    `regex`, re's syntax, and a timeout) stops at the adapter's deadline, so a pattern that
+    backtracks catastrophically is refused instead of hanging the merge."""
+    where = f"model {preview(ref)}: {ADAPTER_CONFIG} {key}"
+    if not isinstance(patterns, Mapping):
+        raise MergeError(f"{where}: must be an object of pattern -> value")
     for pattern, value in patterns.items():
-        if re.match(rf"(.*\.)?({pattern})$", module):
+        if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN_CHARS:
+            raise MergeError(
+                f"{where}: pattern {preview(pattern)} is not a string of at most "
+                f"{MAX_PATTERN_CHARS} characters (MAX_PATTERN_CHARS)"
+            )
+        nested = _nested_repeat(pattern)
+        if nested is not None:
+            raise MergeError(
+                f"{where}: pattern {preview(pattern)} repeats a group that itself repeats or "
+                f"alternates (at character {nested}), which can backtrack catastrophically; "
+                "refused"
+            )
+        try:
+            found = regex.match(
+                rf"(.*\.)?({pattern})$", module, timeout=max(deadline - time.monotonic(), 0)
+            )
+        except regex.error as e:
+            raise MergeError(f"{where}: pattern {preview(pattern)} is not valid ({e})") from None
+        except TimeoutError:
+            raise MergeError(
+                f"{where}: matching pattern {preview(pattern)} takes over "
+                f"{MAX_PATTERN_SECONDS} s (catastrophic backtracking?); refused "
+                "(MAX_PATTERN_SECONDS)"
+            ) from None
+        if found:
             return value
     return default
+
+
+def _nested_repeat(pattern: str) -> int | None:
+    """The position of a group repeated by *, + or {n,} whose body holds a repeat or an
+    alternation ((a+)+, (a|aa)*: exponential backtracking), or None."""
+    groups: list[bool] = []  # per open group: whether its body repeats or alternates
+    i, risky_closed = 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        repeats = c in "*+" or (c == "{" and re.match(r"\{\d*,\d*\}|\{\d+\}", pattern[i:]))
+        if repeats and risky_closed and not re.match(r"\{\d*,?1\}|\{[01]\}", pattern[i:]):
+            return i
+        risky_closed = False
+        if c == "\\":
+            i += 1
+        elif c == "[":  # a character class: skip to its end
+            end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("]", "^") else i + 1)
+            i = len(pattern) if end < 0 else end
+        elif c == "(":
+            groups.append(False)
+        elif c == ")" and groups:
+            risky_closed = groups.pop()
+            if groups:
+                groups[-1] = groups[-1] or risky_closed
+        elif (repeats or c == "|") and groups:
+            groups[-1] = True
+        i += 1
+    return None
 
 
 def check_fits(adapter: Adapter, base: CheckpointReader) -> None:

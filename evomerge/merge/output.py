@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from pathlib import Path
 
 from evomerge.merge.architecture import output_config
@@ -11,18 +10,9 @@ from evomerge.merge.cache import SourceCache
 from evomerge.merge.card import render_card
 from evomerge.merge.confine import ModelRoot
 from evomerge.merge.plan import MergePlan
+from evomerge.merge.vocabulary import TOKENIZER_FILES, copy_files
 from evomerge.recipe import dump_recipe
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-)
 TAGALONG_FILES = ("generation_config.json",)
 
 
@@ -56,7 +46,7 @@ def write_extras(
         plan.vocabulary.tokenizer.save_pretrained(str(out))
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for directory, names in _extras(plan, cache):
-        copy_files(directory, out, names)
+        copy_files(ModelRoot.of(directory), out, names)
     (out / "README.md").write_text(card if card is not None else model_card(plan))
 
 
@@ -69,17 +59,3 @@ def model_card(plan: MergePlan) -> str:
         "The recipe below reproduces it.",
         recipe_yaml=dump_recipe(recipe),
     )
-
-
-def copy_files(source: Path, target: Path, names: Iterable[str]) -> list[str]:
-    """Copy the named files that exist in `source`, as regular files; returns those copied.
-
-    Each must resolve inside the source model's root (a link to a file elsewhere is refused,
-    never published in the output)."""
-    root = ModelRoot.of(source)
-    copied = []
-    for name in names:
-        if root.exists(name):
-            root.copy(name, target / name)
-            copied.append(name)
-    return copied

@@ -55,7 +55,7 @@ class MergePlan:
     jobs: tuple[TensorJob, ...]
     reference: str  # model whose config and global tensor layout the output copies
     layer_sources: tuple[tuple[str, int], ...]  # per output layer: (model, source layer)
-    vocabulary: Any = None  # merge/vocab.py's Vocabulary when the recipe merges vocabularies
+    vocabulary: Any = None  # merge/vocabulary.py's Vocabulary when the recipe merges vocabularies
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def plan_merge(
 ) -> MergePlan:
     """Every output tensor's job; raises on missing tensors, shape or range mismatches.
 
-    With a `vocabulary` (merge/vocab.py), the embeddings and head have its rows, whatever
+    With a `vocabulary` (merge/vocabulary.py), the embeddings and head have its rows, whatever
     each source's vocabulary size."""
     method = get_method(recipe.merge_method)
     segments = _segments(recipe, method, layouts)
@@ -193,7 +193,7 @@ def _job(
             )
         inputs.append(TensorInput(item.model, stored))
     infos = [layouts[i.model].tensors[i.name] for i in inputs]
-    # merged vocabularies: rows are aligned by token later (merge/vocab.py); widths must agree
+    # merged vocabularies: rows are aligned by token later (merge/vocabulary.py); widths must agree
     aligned = out_name in (EMBED, LM_HEAD) and (
         recipe.tokenizer is not None or recipe.tokenizer_source is not None
     )

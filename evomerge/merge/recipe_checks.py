@@ -11,7 +11,13 @@ from collections.abc import Callable, Sequence
 from evomerge.errors import RecipeError, preview
 from evomerge.merge.methods.base import REQUIRED, Method, Param
 from evomerge.merge.methods.registry import get_method
-from evomerge.recipe import Condition, Parameters, ParameterValue, Recipe
+from evomerge.model_ref import MAX_LAYERS
+from evomerge.recipe import Condition, Parameters, ParameterValue, Recipe, SliceSpec
+
+# The running product of the input scales (the residual writers of a layer are divided by it):
+# weights of magnitude 1e-4..10 divided by a product in [1e-30, 1e30] stay normal float32 and
+# bfloat16 numbers (1e+-38).
+MAX_SCALE_PRODUCT = 1e30
 
 
 def check_recipe(recipe: Recipe) -> Recipe:
@@ -22,6 +28,7 @@ def check_recipe(recipe: Recipe) -> Recipe:
 
 
 def check_recipe_for_method(method: Method, recipe: Recipe) -> None:
+    _check_slices(recipe.slices)  # first: bounds what the other checks walk
     check_distinct_models(recipe, os.path.normpath)
     _check_parameters(method, recipe.parameters, "parameters", per_model_only=False)
     for i, m in enumerate(recipe.models):
@@ -56,6 +63,26 @@ def check_distinct_models(recipe: Recipe, same: Callable[[str], str]) -> None:
                     f"{path}.model: {preview(ref)} is the model of {first} too; list each "
                     "model once (a second entry would replace the first)"
                 )
+
+
+def _check_slices(slices: Sequence[SliceSpec]) -> None:
+    """The output's layer count (each is written: one YAML alias can repeat a slice 60,000
+    times) and the running product of the input scales, bounded."""
+    layers = sum(s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in slices)
+    if layers > MAX_LAYERS:
+        raise RecipeError(
+            f"slices: {layers} output layers, over {MAX_LAYERS} (MAX_LAYERS, the most layers "
+            "a model may have)"
+        )
+    product = 1.0
+    for i, s in enumerate(slices):
+        product *= s.input_scale or 1.0
+        if not 1 / MAX_SCALE_PRODUCT <= product <= MAX_SCALE_PRODUCT:
+            raise RecipeError(
+                f"slices[{i}].input_scale: the product of the input scales up to here is "
+                f"{product:g}, outside [{1 / MAX_SCALE_PRODUCT:g}, {MAX_SCALE_PRODUCT:g}] "
+                "(MAX_SCALE_PRODUCT)"
+            )
 
 
 def _check_parameters(

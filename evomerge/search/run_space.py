@@ -9,7 +9,7 @@ import numpy as np
 import optuna
 
 from evomerge.genome import GenomeSpace
-from evomerge.merge.stages import Stage, dump_stages, with_results
+from evomerge.merge.multistage import Stage, dump_stages, with_results
 from evomerge.recipe import Recipe
 from evomerge.search.objectives import describe
 

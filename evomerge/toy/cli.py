@@ -27,7 +27,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--size", choices=sorted(SIZES), default="full", help="default: full")
     p.add_argument(
         "--threads",
-        type=int,
+        type=_threads,
         help="torch threads for training (default: the size's own, 2 for full)",
     )
     p.add_argument(
@@ -42,6 +42,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="rebuild and compare with the recorded bytes (exit 1 if they differ)",
     )
     return p.parse_args(argv)
+
+
+# The most torch threads a toy build may use: the family's bytes depend on the thread count, so
+# a machine may build with more threads than it has cores to reproduce another's bytes; past
+# this, threads only cost stacks (100,000 of them cannot start).
+MAX_TOY_THREADS = 256
+
+
+def _threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text[:40]!r}") from None
+    if not 1 <= n <= MAX_TOY_THREADS:
+        raise argparse.ArgumentTypeError(
+            f"must be in [1, {MAX_TOY_THREADS}] (MAX_TOY_THREADS), got {n}"
+        )
+    return n
 
 
 def summary(family: ToyFamily) -> str:

@@ -42,7 +42,7 @@ def test_eval_bad_input_exits_2_with_a_message(tiny_models):
     assert r.returncode == 2
     assert "unknown task 'no_such_task'" in r.stderr
     r = run("task=tiny_digits")
-    assert r.returncode == 2 and "Missing mandatory value: model" in r.stderr
+    assert r.returncode == 2 and "model= is required" in r.stderr
     r = run(
         f"model={tiny_models[0]}",
         "task=tiny_digits",

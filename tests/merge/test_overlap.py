@@ -8,8 +8,8 @@ import torch
 from evomerge.errors import MergeError
 from evomerge.merge import MergeOptions, merge_to_disk
 from evomerge.merge.io import ShardedWriter
+from evomerge.merge.multistage import merge_recipe_file
 from evomerge.merge.overlap import BackgroundWriter, read_ahead
-from evomerge.merge.stages import merge_recipe_file
 from evomerge.recipe import load_recipe
 
 

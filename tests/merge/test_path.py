@@ -43,7 +43,14 @@ slices:
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [(0, "positive"), (-1.5, "positive"), ("big", "positive"), (True, "positive")],
+    [
+        (0, "positive"),
+        (-1.5, "positive"),
+        ("big", "positive"),
+        (True, "positive"),
+        (1e-200, r"positive number in \[1e-06, 1e\+06\]"),  # used to divide by zero
+        (1e308, r"positive number in \[1e-06, 1e\+06\]"),  # used to zero the weights
+    ],
 )
 def test_bad_input_scale_is_a_recipe_error(value: Any, message: str) -> None:
     text = f"""
@@ -54,6 +61,14 @@ slices:
 """
     with pytest.raises(RecipeError, match=rf"slices\[0\]\.input_scale: must be a {message}"):
         load_recipe(text)
+
+
+def test_the_product_of_input_scales_is_bounded() -> None:
+    slices = "".join(
+        "  - sources: [{model: a, layer_range: [0, 1]}]\n    input_scale: 1e6\n" for _ in range(6)
+    )
+    with pytest.raises(RecipeError, match=r"slices\[5\]\.input_scale: the product .* 1e\+36"):
+        check_recipe(load_recipe(f"merge_method: passthrough\nslices:\n{slices}"))
 
 
 def test_input_scale_needs_passthrough() -> None:

@@ -139,7 +139,7 @@ BAD = [
     ("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\nmodles: []", "modles: unknown key"),
     ("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\ntokenizer_source: union\ntokenizer: {source: base}", "tokenizer: give either tokenizer_source or a tokenizer section"),
     ("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\ntokenizer: {tokens: {x: {source: {kind: model_token, model: a}}}}", "tokenizer.tokens['x'].source: give exactly one of token and token_id"),
-    ("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\ntokenizer: {pad_to_multiple_of: 0}", "tokenizer.pad_to_multiple_of: must be a positive integer, got 0"),
+    ("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\ntokenizer: {pad_to_multiple_of: 0}", "tokenizer.pad_to_multiple_of: must be an integer in [1, 4096] (MAX_PAD_TO_MULTIPLE), got 0"),
     ("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\ntokenizer: {tokens: {x: {source: {kind: mean}}}}", "tokenizer.tokens['x'].source.kind: must be model_token or zero, got 'mean'"),
 ]  # fmt: skip
 

@@ -15,7 +15,7 @@ from evomerge.evaluate import EvalSettings, evaluate, fitness, load_tasks, make_
 from evomerge.genome.dfs import DFSSpace
 from evomerge.genome.ps import PSSpace
 from evomerge.merge import merge_to_disk
-from evomerge.merge.stages import load_stages, merge_recipe_file
+from evomerge.merge.multistage import load_stages, merge_recipe_file
 from evomerge.model_ref import resolve_reference
 from evomerge.recipe import dump_recipe, load_recipe
 from evomerge.search.budget import FAILURE

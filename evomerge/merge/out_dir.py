@@ -1,15 +1,17 @@
-"""Where a merge writes before its output appears: a hidden staging directory beside OUT_DIR.
+"""OUT_DIR of a merge: checked before any work, written in a hidden staging directory beside
+it, and moved into place complete, or not at all.
 
-The merge holds an exclusive flock on its staging directory for as long as it lives. The
-kernel drops the lock when the process ends, however it ends (SIGKILL included), so a later
-merge into the same place that can take the lock on a leftover directory knows that its owner
-is dead, and removes it (holding the lock), saying so; a live merge's directory is never
-touched. A new directory is unlocked for an instant after its creation: a merge whose new
-directory was taken for a leftover in that instant finds it locked or deleted once it holds
-the lock, and makes another. At the end the
-files and the directory are fsynced, then renamed to OUT_DIR in one step, then the parent is
-fsynced, so a power cut leaves either no OUT_DIR or a complete one.
-"""
+The merge holds an exclusive flock on its staging directory for as long as it lives, and marks
+the directory as a merge's (MARKER). The kernel drops the lock when the process ends, however it
+ends (SIGKILL included), so a later merge into the same place that can take the lock on a
+leftover directory that carries the marker knows that its owner is dead, and removes it (holding
+the lock), saying so; a live merge's directory, and a directory named alike that lacks the
+marker (a user's own), are never touched. A new directory is unlocked for an instant after its
+creation: a merge whose new directory was taken for a leftover in that instant finds it locked
+or deleted once it holds the lock, and makes another. At the end the files and the directory
+are fsynced, then renamed to OUT_DIR in one step, then the parent is fsynced, so a power cut
+leaves either no OUT_DIR or a complete one. A merge that fails removes its staging directory
+and the parent directories it made for OUT_DIR (each only while empty)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +29,10 @@ from evomerge.errors import MergeError
 
 log = logging.getLogger(__name__)
 
+# The file that marks a staging directory as a merge's: only directories that carry it (with
+# this content) are ever removed as leftovers; a user's own `.<out>.<x>.partial/` is not ours.
+MARKER = ".evomerge-staging"
+MARKER_TEXT = b"a merge's staging directory; removed once its merge is dead\n"
 # Tries at making a staging directory that no other merge removed before it was locked.
 CREATE_TRIES = 5
 # Characters of OUT_DIR's name kept in the staging directory's name: file names are limited to
@@ -42,12 +49,13 @@ class Staging:
         self.suffix = suffix
         self.path: Path | None = None
         self._fd: int | None = None
+        self._made: list[Path] = []  # parent directories this merge created, outermost first
 
     def __enter__(self) -> Path:
         out = self.out
         check_out_dir(out)
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
+            self._made = make_parents(out)
         except OSError as e:
             raise MergeError(f"{out}: cannot create its parent directory: {e.strerror}") from None
         remove_stale(out.parent, out.name)
@@ -80,6 +88,9 @@ class Staging:
             os.close(fd)
             return False
         self.path, self._fd = path, fd
+        marker = os.open(MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=fd)
+        with os.fdopen(marker, "wb") as f:
+            f.write(MARKER_TEXT)
         return True
 
     def commit(self) -> Path:
@@ -90,6 +101,8 @@ class Staging:
             if os.path.lexists(self.out):
                 raise FileExistsError(errno.EEXIST, "exists")
             os.rename(self.path, self.out)
+            os.unlink(MARKER, dir_fd=self._fd)  # the directory is OUT_DIR now
+            _fsync(self.out)
             _fsync(self.out.parent)
         except OSError as e:
             if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
@@ -101,6 +114,7 @@ class Staging:
                 f"{self.out}: cannot move the merged model into place: {e.strerror}"
             ) from None
         self.path = None
+        self._made = []  # they hold OUT_DIR now
         return self.out
 
     def __exit__(
@@ -123,6 +137,28 @@ class Staging:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        remove_made(self._made)
+        self._made = []
+
+
+def make_parents(path: Path) -> list[Path]:
+    """Create `path`'s missing parent directories; returns those created, outermost first."""
+    missing = []
+    parent = path.parent
+    while not os.path.lexists(parent):
+        missing.append(parent)
+        parent = parent.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return missing[::-1]
+
+
+def remove_made(made: list[Path]) -> None:
+    """Remove the directories a merge created (innermost first), each only if still empty."""
+    for directory in reversed(made):
+        try:
+            directory.rmdir()
+        except OSError:  # another process put something there: it is not ours to remove
+            return
 
 
 def check_out_dir(out: Path) -> None:
@@ -150,7 +186,8 @@ def remove_stale(parent: Path, name: str) -> list[Path]:
 
 
 def _remove_if_dead(path: Path) -> bool:
-    """Remove `path` if no live merge holds its lock (kept while removing); whether removed."""
+    """Remove `path` if it carries a merge's marker and no live merge holds its lock (kept
+    while removing); whether removed."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
@@ -161,10 +198,24 @@ def _remove_if_dead(path: Path) -> bool:
         os.close(fd)
         return False  # its merge is alive
     try:
+        if not _has_marker(fd):
+            return False  # not a merge's: never ours to remove
         shutil.rmtree(path, ignore_errors=True)
     finally:
         os.close(fd)  # drops the lock
     return True
+
+
+def _has_marker(directory_fd: int) -> bool:
+    try:
+        marker = os.open(MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=directory_fd)
+    except OSError:
+        return False
+    with os.fdopen(marker, "rb") as f:
+        return (
+            stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+            and f.read(len(MARKER_TEXT) + 1) == MARKER_TEXT
+        )
 
 
 def _prefix(name: str) -> str:

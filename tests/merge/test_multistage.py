@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from evomerge.__main__ import main
 from evomerge.errors import RecipeError
 from evomerge.merge import MergeOptions, merge_to_disk
-from evomerge.merge.stages import load_stages, merge_stages_to_disk
+from evomerge.merge.multistage import load_stages, merge_stages_to_disk
 from evomerge.recipe import load_recipe
 
 

@@ -11,7 +11,8 @@ mean row. The merge method then runs on the laid-out rows as on any tensor.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,25 @@ import torch
 
 from evomerge.errors import MergeError, preview
 from evomerge.merge.architecture import EMBED, LM_HEAD
+from evomerge.merge.confine import ModelRoot
 from evomerge.recipe import Recipe
-from evomerge.vocabulary import TokenEmbedding, TokenizerSpec, TokenSource
+from evomerge.recipe_tokenizer import TokenEmbedding, TokenizerSpec, TokenSource
 
 VOCAB_TENSORS = (EMBED, LM_HEAD)  # tensors indexed by token id along their first axis
+# The files of a tokenizer (those transformers' tokenizers read, and the chat template): what a
+# merged vocabulary is built from, and what a merge copies into its output otherwise.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+)
+LOADER_FILES = ("config.json",)  # AutoTokenizer reads the model type here when it must
 
 
 @dataclass(frozen=True)
@@ -80,14 +96,36 @@ def build_vocabulary(
 
 
 def _load_tokenizer(path: Path, ref: str) -> Any:
+    """The model's tokenizer, loaded from private copies of its tokenizer files, each read
+    through the confinement check (transformers, given the directory, would follow any link
+    and publish what it read: a chat template linked to /etc/passwd, say)."""
     from transformers import AutoTokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    except Exception as e:  # transformers raises many types for a missing or bad tokenizer
-        raise MergeError(
-            f"model {preview(ref)}: cannot load its tokenizer from {path} ({e})"
-        ) from None
+    root = ModelRoot.of(path)
+    with tempfile.TemporaryDirectory(prefix="evomerge-tokenizer-") as tmp:
+        copied = copy_files(root, Path(tmp), (*TOKENIZER_FILES, *LOADER_FILES))
+        if not set(copied) - set(LOADER_FILES):
+            raise MergeError(f"model {preview(ref)}: no tokenizer files in {path}")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tmp, trust_remote_code=False)
+        except Exception as e:  # transformers raises many types for a missing or bad tokenizer
+            raise MergeError(
+                f"model {preview(ref)}: cannot load its tokenizer from {path} "
+                f"({preview(str(e).replace(tmp, str(path)))})"
+            ) from None
+    return tokenizer
+
+
+def copy_files(root: ModelRoot, target: Path, names: Iterable[str]) -> list[str]:
+    """Copy the named files that exist in the model directory into `target` as regular files,
+    each resolved inside the model's root (a link to a file elsewhere is refused, never read
+    or published); returns the names copied."""
+    copied = []
+    for name in names:
+        if root.exists(name):
+            root.copy(name, target / name)
+            copied.append(name)
+    return copied
 
 
 def _union_tokenizer(

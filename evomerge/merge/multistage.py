@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,11 +22,14 @@ from typing import Any
 from evomerge.errors import MergeError, RecipeError, preview
 from evomerge.merge.card import render_card
 from evomerge.merge.execute import MergeOptions, merge_to_disk
+from evomerge.merge.out_dir import Staging, check_out_dir, make_parents, remove_made
 from evomerge.merge.recipe_checks import check_recipe
-from evomerge.merge.staging import Staging, check_out_dir
 from evomerge.recipe import Recipe, dump_recipe, parse_recipe, read_source, safe_load_yaml
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# The most stages one recipe file may hold: mergekit-multi recipes have a handful, and each stage
+# writes a whole model to disk; the dependency walk recurses once per stage of a chain.
+MAX_STAGES = 100
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,10 @@ def load_stages(source: str | Path) -> tuple[Stage, ...]:
     documents = [d for d in safe_load_yaml(text, place, documents=True) if d is not None]
     if not documents:
         raise RecipeError(f"{place}: no recipe in the file")
+    if len(documents) > MAX_STAGES:
+        raise RecipeError(
+            f"{place}: {len(documents)} recipe documents (stages), over {MAX_STAGES} (MAX_STAGES)"
+        )
     stages = []
     for i, data in enumerate(documents):
         # A plain one-document recipe keeps plain messages; documents are numbered from 1.
@@ -62,6 +70,8 @@ def load_stages(source: str | Path) -> tuple[Stage, ...]:
 
 def stage_order(stages: Sequence[Stage]) -> tuple[Stage, ...]:
     """Dependency order, file order among independent stages; the final stage last."""
+    if len(stages) > MAX_STAGES:
+        raise RecipeError(f"stages: {len(stages)} of them, over {MAX_STAGES} (MAX_STAGES)")
     by_name = {s.name: s for s in stages if s.name is not None}
     done: list[Stage] = []
     visiting: list[str] = []
@@ -99,25 +109,41 @@ def merge_stages_to_disk(
     check_out_dir(out)
     _check_names(stages)
     order = stage_order(stages)
-    kept = _check_keep(keep, out)
-    with Staging(out, suffix=".stages") as work:  # the intermediates; removed at the end
-        where = kept or work
-        results: dict[str, str] = {}
-        for stage in order[:-1]:
-            assert stage.name is not None  # _check_names: only the final stage is unnamed
-            recipe = with_results(stage.recipe, results)
-            results[stage.name] = str(merge_to_disk(recipe, where / stage.name, options))
-        final = with_results(order[-1].recipe, results)
-        return merge_to_disk(final, out, options, card=_card(order))
+    kept = _check_keep(keep, out, [s.name for s in order[:-1] if s.name is not None])
+    written: list[Path] = []  # kept intermediates this run wrote: removed if it fails
+    made = make_parents(kept / "x") if kept is not None else []
+    try:
+        with Staging(out, suffix=".stages") as work:  # the intermediates; removed at the end
+            where = kept or work
+            results: dict[str, str] = {}
+            for stage in order[:-1]:
+                assert stage.name is not None  # _check_names: only the final stage is unnamed
+                recipe = with_results(stage.recipe, results)
+                written.append(merge_to_disk(recipe, where / stage.name, options))
+                results[stage.name] = str(written[-1])
+            final = with_results(order[-1].recipe, results)
+            return merge_to_disk(final, out, options, card=_card(order))
+    except BaseException:
+        for path in written if kept is not None else []:
+            shutil.rmtree(path, ignore_errors=True)  # a rerun finds the places free again
+        remove_made(made)
+        raise
 
 
-def _check_keep(keep: str | Path | None, out: Path) -> Path | None:
-    """--keep-intermediates: a directory (or a new one) apart from OUT_DIR."""
+def _check_keep(keep: str | Path | None, out: Path, names: Sequence[str]) -> Path | None:
+    """--keep-intermediates: a directory (or a new one) apart from OUT_DIR, where no stage's
+    result exists yet."""
     if keep is None:
         return None
     kept = Path(keep)
     if os.path.lexists(kept) and not kept.is_dir():
         raise MergeError(f"--keep-intermediates: {kept} exists and is not a directory")
+    for name in names:
+        if os.path.lexists(kept / name):
+            raise MergeError(
+                f"--keep-intermediates: {kept / name} already exists; remove it or keep the "
+                "stages elsewhere"
+            )
     if Path(os.path.abspath(kept)).is_relative_to(os.path.abspath(out)):
         raise MergeError(
             f"--keep-intermediates: {kept} is OUT_DIR or inside it; give a directory apart "

@@ -1,5 +1,5 @@
-"""A recipe's `tokenizer:` section (mergekit's layout): which vocabulary the merged model gets,
-and where each token's embedding row comes from.
+"""The recipe side of vocabulary merging: a recipe's `tokenizer:` section (mergekit's layout),
+which vocabulary the merged model gets and where each token's embedding row comes from.
 
 ```yaml
 tokenizer:
@@ -11,7 +11,7 @@ tokenizer:
     <pad>: {source: {kind: zero}, force: true}                 # force: for every model
 ```
 
-Only the recipe side lives here (no torch); merge/vocab.py builds the vocabulary.
+Only the recipe side lives here (no torch); merge/vocabulary.py builds the vocabulary.
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evomerge.errors import RecipeError, preview
+
+# The largest pad_to_multiple_of: padding serves the matrix kernels (multiples of 8 to 256 in
+# practice); it adds up to this many embedding and head rows, and 1e9 would allocate hundreds
+# of gigabytes.
+MAX_PAD_TO_MULTIPLE = 4096
 
 
 @dataclass(frozen=True)
@@ -64,9 +69,12 @@ def parse_tokenizer(value: Any, path: str = "tokenizer") -> TokenizerSpec | None
     if not isinstance(source, str) or not source:
         raise RecipeError(f"{path}.source: must be union, base or a model, got {preview(source)}")
     pad = data.get("pad_to_multiple_of")
-    if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 1):
+    if pad is not None and (
+        isinstance(pad, bool) or not isinstance(pad, int) or not 1 <= pad <= MAX_PAD_TO_MULTIPLE
+    ):
         raise RecipeError(
-            f"{path}.pad_to_multiple_of: must be a positive integer, got {preview(pad)}"
+            f"{path}.pad_to_multiple_of: must be an integer in [1, {MAX_PAD_TO_MULTIPLE}] "
+            f"(MAX_PAD_TO_MULTIPLE), got {preview(pad)}"
         )
     tokens = _mapping(data.get("tokens") or {}, f"{path}.tokens")
     return TokenizerSpec(
