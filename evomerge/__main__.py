@@ -20,13 +20,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # with one other CPU-bound process on 2 cores, the toy build once ran 25x slower (0.15 against
 # about 4 steps/s). Measured side by side on a quiet machine, passive waits cost the idle build
 # about 20% and gave it 1.1-1.7 steps/s beside such a process against 0.85-1.1 spinning
-# (results/README.md, "A busy machine"; the search itself runs on one thread on the toy).
+# (results/history.md, "A busy machine"; the search itself runs on one thread on the toy).
 # The wait policy changes no result (the toy family's bytes are the same; tests/toy).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # torch's CPU allocator asks for transparent huge pages (madvise) for tensors of 2 MB and more.
 # A merge allocates and frees tensors of up to a few hundred MB per weight; each comes back from
 # the kernel as fresh 4 KB pages, faulted and zeroed one at a time: at 0.5B, dare_ties to disk
-# took 32-34 s without huge pages and 22-27 s with them (results/README.md, "Merges to disk").
+# took 32-34 s without huge pages and 22-27 s with them (results/history.md, "Merges to disk").
 # Where the kernel's THP setting is "never", nothing changes; no arithmetic changes anywhere.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 

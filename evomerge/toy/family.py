@@ -58,7 +58,7 @@ class Specialist:
 SPECIALISTS: tuple[Specialist, ...] = (
     # 600 steps at lr 3e-4 (toy v4): from a base that does 2-digit sums at 20-30%, 400 steps at
     # 2e-4 left it under its 80% bar (75% in one run); on the v4 base the merges gained +28 to
-    # +34 whatever the math fine-tune (results/README.md, "What was tried for v4").
+    # +34 whatever the math fine-tune (results/history.md, "What was tried for v4").
     Specialist(
         "math_en",
         {"E_add21": 1.0},
@@ -131,7 +131,7 @@ SIZES: dict[str, FamilyConfig] = {
     # and the language fine-tune happen to carry 2-digit sums into Japanese mode still decides
     # the gain: the better, the more of the target lang_ja answers by itself. This
     # initialization / data draw leaves lang_ja at 4% on the target and gives the gain the toy
-    # is for (+33.7); three other draws gave +18, +12 and +11 (results/README.md, "What was
+    # is for (+33.7); three other draws gave +18, +12 and +11 (results/history.md, "What was
     # tried for v4").
     "full": FamilyConfig(
         hidden=192,
