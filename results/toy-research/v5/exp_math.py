@@ -1,5 +1,6 @@
 """Research: on the pinned v4 base, a stronger math fine-tune; parents and a task-arithmetic grid.
-usage: python exp_math.py OUT STEPS_SCALE LR_SCALE"""
+usage: python exp_math.py FAMILY OUT STEPS_SCALE LR_SCALE   (FAMILY: a pinned v4 build, e.g.
+`python -m evomerge toy --out FAMILY`; run with the kernel pins in the environment)"""
 import json, sys, shutil, itertools, time
 from dataclasses import replace
 from pathlib import Path
@@ -12,8 +13,8 @@ from evomerge.toy.tokenizer import make_tokenizer
 from evomerge.merge import merge_into_model, SourceCache
 from evomerge.recipe import parse_recipe
 
-out, ss, ls = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
-src = Path("/work/runs/v4-pinned")
+src, out = Path(sys.argv[1]), Path(sys.argv[2])
+ss, ls = float(sys.argv[3]), float(sys.argv[4])
 torch.set_num_threads(2)
 cfg = SIZES["full"]
 spec = replace(SPECIALISTS[0], steps_scale=ss, lr_scale=ls)
