@@ -82,9 +82,9 @@ def score(model: str, tasks: list[str], settings: EvalSettings) -> dict[str, Any
     return dict(run_eval(model, tasks, settings))
 
 
-def one_source_recipe(source: str, folder: Path) -> str:
+def one_source_recipe(name: str, source: str, folder: Path) -> str:
     """`BASE+ADAPTER` alone, as a recipe the evaluator merges (weight 1: the specialist)."""
-    path = folder / f"{abs(hash(source))}.yaml"
+    path = folder / f"{name}.yaml"
     path.write_text(
         yaml.safe_dump(
             {"merge_method": "linear", "models": [{"model": source, "parameters": {"weight": 1.0}}]}
@@ -117,7 +117,7 @@ def main() -> None:
             settings,
         )
         for name, ref in config["models"]["sources"].items():
-            recipe = one_source_recipe(resolve_reference(ref), Path(tmp))
+            recipe = one_source_recipe(name, resolve_reference(ref), Path(tmp))
             rows[name] = score(recipe, [TARGET, *OWN_TASK.values()], settings)
         number, fitness = grid_best(run_dir)
         grid_file = Path(tmp) / "grid_best.yaml"
