@@ -1,6 +1,7 @@
 """Model references, as `models.sources`, `models.base_model` and `eval model=` name them: a
 local directory, a Hugging Face Hub id, or `toy:<member>` (the embedded toy family, built on
-first use); `BASE+ADAPTER` is BASE with a LoRA adapter (merge/lora.py applies it). Resolution and metadata only; reading a model's files is the merge core's.
+first use), `packaged:<name>` (a model shipped in a Python package, converted once into the
+cache: evomerge/real/); `BASE+ADAPTER` is BASE with a LoRA adapter (merge/lora.py applies it). Resolution and metadata only; reading a model's files is the merge core's.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import ConfigError, preview
+from evomerge.real.packaged import PACKAGED_PREFIX
 
 TOY_PREFIX = "toy:"
 ADAPTER_SEPARATOR = "+"  # mergekit's BASE+ADAPTER; merge/lora.py checks the form
@@ -21,7 +23,8 @@ MAX_LAYERS = 2048
 
 
 def resolve_reference(ref: str, toy_size: str = "full") -> str:
-    """`toy:<member>` -> the cached toy model directory (built on first use); others unchanged.
+    """`toy:<member>` -> the cached toy model directory (built on first use), `packaged:<name>`
+    -> the cached conversion (converted on first use); others unchanged.
     A LoRA source `BASE+ADAPTER` resolves each part."""
     if ADAPTER_SEPARATOR in ref:
         base, _, adapter = ref.partition(ADAPTER_SEPARATOR)
@@ -30,6 +33,10 @@ def resolve_reference(ref: str, toy_size: str = "full") -> str:
         from evomerge.toy import ensure_family
 
         return str(ensure_family(size=toy_size).path(ref.removeprefix(TOY_PREFIX)))
+    if ref.startswith(PACKAGED_PREFIX):
+        from evomerge.real import ensure_packaged
+
+        return str(ensure_packaged(ref.removeprefix(PACKAGED_PREFIX)))
     return ref
 
 
