@@ -11,8 +11,10 @@ forms, as in mergekit:
 
 Extensions are additive keys that mergekit ignores: `random_seed` and `drop_scheme` (DARE's
 and DELLA's drop masks: `counter`, a keyed hash of the entry index, or `torch_cpu`, torch's CPU
-generator, which a recipe without the key uses, as recipes written before the key did) and a
-slice's `input_scale` (data-flow merges: the hidden state entering the slice is multiplied by it;
+generator, which a recipe without the key uses, as recipes written before the key did),
+`tie_rule` (which entries a magnitude selection keeps among equal magnitudes: `mergekit`, its
+sort order, which a recipe without the key uses, or `threshold`, faster; see
+merge/selection.py) and a slice's `input_scale` (data-flow merges: the hidden state entering the slice is multiplied by it;
 passthrough folds it into the weights, see merge/plan.py).
 
 This module checks a recipe's syntax (keys, shapes, value types). What depends on the merge
@@ -87,6 +89,7 @@ class Recipe:
     tokenizer_source: str | None = None
     random_seed: int | None = None
     drop_scheme: str | None = None  # None: torch_cpu (see merge/drops.py)
+    tie_rule: str | None = None  # None: mergekit (see merge/selection.py)
     tokenizer: TokenizerSpec | None = None  # vocabulary merging (evomerge/vocabulary.py)
 
     def referenced_models(self) -> tuple[str, ...]:
@@ -102,7 +105,7 @@ class Recipe:
         """Plain mergekit-layout dict (lists and dicts only), keys in the canonical order."""
         out: dict[str, Any] = {"merge_method": self.merge_method}
         keys = ("base_model", "dtype", "out_dtype", "tokenizer_source", "random_seed")
-        for key in (*keys, "drop_scheme"):
+        for key in (*keys, "drop_scheme", "tie_rule"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.parameters:
@@ -130,9 +133,11 @@ _TOP_KEYS = (
     "tokenizer_source",
     "random_seed",
     "drop_scheme",
+    "tie_rule",
     "tokenizer",
 )
 DROP_SCHEMES = ("torch_cpu", "counter")  # merge/drops.py
+TIE_RULES = ("mergekit", "threshold")  # merge/selection.py
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 # mergekit keys we accept and ignore (documented in the README): they do not change tensors.
 _IGNORED_TOP_KEYS = ("name", "chat_template")
@@ -176,6 +181,7 @@ def parse_recipe(data: Mapping[str, Any]) -> Recipe:
         tokenizer_source=_optional_str(data, "tokenizer_source", ""),
         random_seed=_optional_int(data, "random_seed"),
         drop_scheme=_optional_choice(data, "drop_scheme", DROP_SCHEMES),
+        tie_rule=_optional_choice(data, "tie_rule", TIE_RULES),
         tokenizer=parse_tokenizer(data.get("tokenizer")),
         models=tuple(
             _parse_model(m, f"models[{i}]") for i, m in enumerate(data.get("models") or ())

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 
 from evomerge.merge.drops import CounterDraws
+
+if TYPE_CHECKING:  # selection.py builds on this module
+    from evomerge.merge.selection import Selection
 
 Tensor = torch.Tensor
 
@@ -31,14 +35,20 @@ def sparsify_(
     rescale: bool = False,
     generator: torch.Generator | RandomDraws | CounterDraws | None = None,
     l1: float | None = None,
+    selection: Selection | None = None,
 ) -> None:
     """In place: zero the dropped entries of `delta`; with `rescale`, restore its L1 norm.
 
     `l1` is |delta|_1 when the caller already knows it (the search keeps it per source).
+    `selection` breaks ties among equal magnitudes (selection.py); None: the threshold rule.
     """
     if density >= 1:
         return
     before = (l1 if l1 is not None else float(delta.abs().sum())) if rescale else None
+    if selection is not None and selection.exact and method in ("magnitude", "outliers"):
+        _select_exactly_(method, delta, density, gamma, selection)
+        _restore_l1_(delta, before)
+        return
     if method == "random" and isinstance(generator, RandomDraws | CounterDraws):
         # times a 0/1 float mask: boolean kernels (masked_fill_, where) are 10-40x slower
         # than float ones on CPU; dropped entries become -0.0 where delta < 0 (equal to 0)
@@ -64,6 +74,25 @@ def sparsify_(
         delta.mul_(mask)
     del mask
     _restore_l1_(delta, before)
+
+
+def _select_exactly_(
+    method: str, delta: Tensor, density: float, gamma: float, selection: Selection
+) -> None:
+    """In place: zero what mergekit's magnitude or outlier selection drops (its tie order)."""
+    n = delta.numel()
+    if method == "magnitude":
+        if density <= 0 or n == 0:
+            delta.zero_()  # as magnitude_mask's empty mask (masked_fill_: +0.0)
+            return
+        mask = selection.largest_of(delta, max(1, int(density * n)))
+    else:
+        keep_n, top_n = int(density * n), int(gamma * n)
+        mask = selection.middle_of(delta, max(0, n - keep_n - top_n), keep_n)
+    if method == "magnitude" and delta.dtype == torch.float32:
+        delta.mul_(mask.to(delta.dtype))  # as _keep_largest_: a 0/1 float mask
+    else:
+        delta.masked_fill_(~mask, 0.0)
 
 
 def _restore_l1_(delta: Tensor, before: float | None) -> None:
@@ -230,6 +259,14 @@ _CHUNK = 1 << 22  # elements per histogram pass: bounds the int64 scratch of bin
 
 def _kth_largest(values: Tensor, k: int) -> tuple[Tensor, int]:
     """The k-th largest value, and how many entries equal to it are among the k largest."""
+    threshold, tied, _ = kth_largest_ties(values, k)
+    return threshold, tied
+
+
+def kth_largest_ties(values: Tensor, k: int) -> tuple[Tensor, int, int]:
+    """_kth_largest of non-negative float32 `values` (1 <= k <= numel), and how many entries
+    equal the k-th largest in all: the k largest are one set, whatever breaks ties, iff both
+    counts agree."""
     bits = values.reshape(-1).view(torch.int32)
     high_counts = _histogram(c >> 16 for c in bits.split(_CHUNK))
     bucket, rank = _select_bucket(high_counts, k)
@@ -239,7 +276,7 @@ def _kth_largest(values: Tensor, k: int) -> tuple[Tensor, int]:
     low_counts = _histogram(shifted, bins=(1 << 16) + 2)[1:-1]
     sub_bucket, tied = _select_bucket(low_counts, rank)
     pattern = torch.tensor([(bucket << 16) | sub_bucket], dtype=torch.int32)
-    return pattern.view(torch.float32)[0].to(values.device), tied
+    return pattern.view(torch.float32)[0].to(values.device), tied, int(low_counts[sub_bucket])
 
 
 def _histogram(chunks: Iterable[Tensor], bins: int = 1 << 16) -> Tensor:
