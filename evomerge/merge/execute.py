@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from evomerge.errors import MergeError, preview
 from evomerge.merge.architecture import check_compatible
+from evomerge.merge.blocks import map_blocks
 from evomerge.merge.cache import SourceCache
 from evomerge.merge.drops import CounterDraws
 from evomerge.merge.io import ShardedWriter, resolve_model_dir
@@ -357,11 +358,14 @@ def _run_blockwise(
     # as in run_job: x - base converts narrower inputs of task-vector methods exactly
     subtracted = plan.method.takes_task_vectors and job.has_base
     keep = [subtracted and _converts_exactly(t.dtype, compute) for t in tensors[:-1]] + [False]
-    for start in range(0, out.shape[0], rows):
-        block = [t[start : start + rows] for t in tensors]
+
+    def merge_block(i: int) -> None:  # blocks write disjoint rows: any thread, same bytes
+        block = [t[i * rows : (i + 1) * rows] for t in tensors]
         block = [b if kept else b.to(compute) for b, kept in zip(block, keep, strict=True)]
         base = block.pop() if job.has_base else None
-        out[start : start + rows] = plan.method.fn(block, base, args)
+        out[i * rows : (i + 1) * rows] = plan.method.fn(block, base, args)
+
+    map_blocks(-(-out.shape[0] // rows), merge_block, out.device)
     return out
 
 

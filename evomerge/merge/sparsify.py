@@ -13,11 +13,12 @@ for DARE this is 1/density in expectation).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
+from evomerge.merge.blocks import map_blocks
 from evomerge.merge.drops import CounterDraws
 
 if TYPE_CHECKING:  # selection.py builds on this module
@@ -57,7 +58,7 @@ def sparsify_(
         return
     if method == "magnitude" and delta.dtype == torch.float32 and density > 0 < delta.numel():
         # the entries magnitude_mask keeps, zeroed in float arithmetic (no bool kernels)
-        _keep_largest_(delta, delta.abs(), max(1, int(density * delta.numel())))
+        _trim_(delta, max(1, int(density * delta.numel())))
         _restore_l1_(delta, before)
         return
     if method == "magnitude":
@@ -241,12 +242,40 @@ def _keep_largest_(delta: Tensor, values: Tensor, k: int) -> None:
     delta.mul_(mask)
 
 
-def _first_ties(values: Tensor, threshold: Tensor, count: int) -> Tensor:
-    """Flat indices of the first `count` entries equal to `threshold`, scanning row blocks in
-    order and stopping once found (rather than one whole-tensor comparison and nonzero)."""
+def _trim_(delta: Tensor, k: int) -> None:
+    """_keep_largest_(delta, |delta|, k), the same bytes, block by block: |delta| is never
+    made whole, and the mask's passes (abs, sub, sign, clamp, mul) run while a block is in
+    cache, the blocks spread over threads (blocks.py)."""
+    if not delta.is_contiguous():
+        _keep_largest_(delta, delta.abs(), k)
+        return
+    flat = delta.view(-1)
+    threshold, missing, _ = kth_largest_ties(flat, k, absolute=True)
+    tied = _first_ties(flat, threshold, missing, absolute=True) if missing > 0 else None
+    kept = flat[tied] if tied is not None else None  # times a mask of 1.0: themselves
+
+    def mask_block(i: int) -> None:
+        block = flat[i * _MASK_BLOCK : (i + 1) * _MASK_BLOCK]
+        block.mul_(block.abs().sub_(threshold).sign_().clamp_(min=0))  # 1 where |x| > t
+
+    map_blocks(-(-flat.numel() // _MASK_BLOCK), mask_block, delta.device)
+    if tied is not None and kept is not None:
+        flat[tied] = kept
+
+
+# Entries per block of the trim's mask pass: 256 KB of float32 and its |x| stay in L2.
+_MASK_BLOCK = 1 << 16
+
+
+def _first_ties(values: Tensor, threshold: Tensor, count: int, *, absolute: bool = False) -> Tensor:
+    """Flat indices of the first `count` entries equal to `threshold` (|entries| with
+    `absolute`), scanning row blocks in order and stopping once found (rather than one
+    whole-tensor comparison and nonzero)."""
     found, flat = [], values.reshape(-1)
     for start in range(0, flat.numel(), _CHUNK):
-        hits = (flat[start : start + _CHUNK] == threshold).nonzero().squeeze(1)[:count] + start
+        chunk = flat[start : start + _CHUNK]
+        hits = ((chunk.abs() if absolute else chunk) == threshold).nonzero().squeeze(1)
+        hits = hits[:count] + start
         found.append(hits)
         count -= hits.numel()
         if count <= 0:
@@ -263,29 +292,39 @@ def _kth_largest(values: Tensor, k: int) -> tuple[Tensor, int]:
     return threshold, tied
 
 
-def kth_largest_ties(values: Tensor, k: int) -> tuple[Tensor, int, int]:
-    """_kth_largest of non-negative float32 `values` (1 <= k <= numel), and how many entries
-    equal the k-th largest in all: the k largest are one set, whatever breaks ties, iff both
-    counts agree."""
-    bits = values.reshape(-1).view(torch.int32)
-    high_counts = _histogram(c >> 16 for c in bits.split(_CHUNK))
-    bucket, rank = _select_bucket(high_counts, k)
+def kth_largest_ties(values: Tensor, k: int, *, absolute: bool = False) -> tuple[Tensor, int, int]:
+    """_kth_largest of non-negative float32 `values` (1 <= k <= numel; with `absolute`, of
+    |values|, never made whole), and how many entries equal the k-th largest in all: the k
+    largest are one set, whatever breaks ties, iff both counts agree."""
+    chunks = values.reshape(-1).view(torch.int32).split(_CHUNK)
+    high = (lambda c: (c & 0x7FFFFFFF) >> 16) if absolute else (lambda c: c >> 16)
+    bucket, rank = _select_bucket(_histogram(chunks, high), k)
     # low 16 bits of the entries in that bucket, the others clamped into two end bins
     # (dropped): integer arithmetic instead of a boolean selection
-    shifted = ((c - (bucket << 16)).clamp_(-1, 1 << 16).add_(1) for c in bits.split(_CHUNK))
-    low_counts = _histogram(shifted, bins=(1 << 16) + 2)[1:-1]
+    offset = bucket << 16
+    low = (lambda c: (c & 0x7FFFFFFF).sub_(offset)) if absolute else (lambda c: c - offset)
+    low_counts = _histogram(chunks, lambda c: low(c).clamp_(-1, 1 << 16).add_(1), (1 << 16) + 2)
+    low_counts = low_counts[1:-1]
     sub_bucket, tied = _select_bucket(low_counts, rank)
     pattern = torch.tensor([(bucket << 16) | sub_bucket], dtype=torch.int32)
     return pattern.view(torch.float32)[0].to(values.device), tied, int(low_counts[sub_bucket])
 
 
-def _histogram(chunks: Iterable[Tensor], bins: int = 1 << 16) -> Tensor:
-    counts = None
-    for chunk in chunks:
-        part = torch.bincount(chunk, minlength=bins)
-        counts = part if counts is None else counts.add_(part)
-    if counts is None:
+def _histogram(
+    chunks: Sequence[Tensor], transform: Callable[[Tensor], Tensor], bins: int = 1 << 16
+) -> Tensor:
+    """Counts of transform(chunk)'s values in [0, bins), summed over the chunks (the chunks
+    spread over threads: blocks.py; integer sums, so the same counts for any split)."""
+    if not chunks:
         raise ValueError("empty input")
+
+    def count(i: int) -> Tensor:
+        return torch.bincount(transform(chunks[i]), minlength=bins)
+
+    parts = map_blocks(len(chunks), count, chunks[0].device)
+    counts = parts[0]
+    for part in parts[1:]:
+        counts.add_(part)
     return counts
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from evomerge.merge import sparsify
+from evomerge.merge.blocks import map_blocks
 from evomerge.merge.drops import CounterDraws
 from evomerge.merge.methods.base import MergeArgs, Tensor
 from evomerge.merge.selection import Selection, top_variance
@@ -97,25 +98,42 @@ def _sparse_deltas(
 def _elected_sum(deltas: Tensor, weights: Tensor, normalize: bool) -> Tensor:
     """TIES' merge of weighted (N, *shape) deltas (overwritten): the sum of the entries that
     agree with the elected sign s = sign(sum), ties electing +; with `normalize`, divided by
-    the sum of the agreeing weights (1 where none agrees)."""
+    the sum of the agreeing weights (1 where none agrees). Entry-wise, so on CPU it runs on
+    column blocks that stay in cache, spread over threads (blocks.py)."""
+    flat = deltas.view(deltas.shape[0], -1)
+    mixed = torch.empty(flat.shape[1], dtype=deltas.dtype, device=deltas.device)
+    width = _ELECTION_BLOCK if deltas.device.type == "cpu" else max(1, flat.shape[1])
+    alphas = weights.reshape(-1).tolist()
+
+    def elect(i: int) -> None:
+        columns = slice(i * width, (i + 1) * width)
+        _elect_block(flat[:, columns], mixed[columns], alphas if normalize else None)
+
+    map_blocks(-(-flat.shape[1] // width), elect, deltas.device)
+    return mixed.view(deltas.shape[1:])
+
+
+# Entries per row of one election block: N rows of 128 KB of float32 stay in L2.
+_ELECTION_BLOCK = 1 << 15
+
+
+def _elect_block(deltas: Tensor, out: Tensor, alphas: list[float] | None) -> None:
+    """_elected_sum of one (N, B) block into `out`; `alphas`: the weights, to normalize."""
     # s * sum(max(s * delta, 0)): equal to masking by sign_agreement, in three passes over
-    # the deltas instead of six (the search's default path). s in float arithmetic,
-    # sign(sign(sum) + 1/2): torch.where on a bool tensor is 10-40x slower.
+    # the deltas instead of six. s in float arithmetic, sign(sign(sum) + 1/2): torch.where
+    # on a bool tensor is 10-40x slower.
     elected = _sum_rows(deltas).sign_().add_(0.5).sign_()
     kept = deltas.mul_(elected).clamp_(min=0)
-    mixed = _sum_rows(kept).mul_(elected)
-    del elected
-    if not normalize:
-        return mixed
+    torch.mul(_sum_rows(kept), elected, out=out)
+    if alphas is None:
+        return
     # the agreement itself, sign(max(s * delta, 0)) in {0, 1}, weighs the divisor (float
     # arithmetic; bool kernels are much slower)
-    divisor = torch.zeros_like(mixed)
-    for w, row in zip(weights.reshape(-1).tolist(), kept.sign_(), strict=True):
+    divisor = torch.zeros_like(out)
+    for w, row in zip(alphas, kept.sign_(), strict=True):
         divisor.add_(row, alpha=w)
-    del kept
     divisor.add_(divisor.abs().sign_().neg_().add_(1))  # 0 -> 1, the rest unchanged
-    mixed /= divisor
-    return mixed
+    out /= divisor
 
 
 def _sum_rows(stacked: Tensor) -> Tensor:
