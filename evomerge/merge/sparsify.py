@@ -86,7 +86,14 @@ def _select_exactly_(
         if density <= 0 or n == 0:
             delta.zero_()  # as magnitude_mask's empty mask (masked_fill_: +0.0)
             return
-        mask = selection.largest_of(delta, max(1, int(density * n)))
+        k = max(1, int(density * n))
+        fast = delta.dtype == torch.float32 and delta.is_contiguous() and selection.dtype is None
+        if fast and k < n:
+            threshold, missing, equal = kth_largest_ties(delta, k, absolute=True)
+            if missing == equal:  # one set, however ties break: no tie straddles the cut
+                _trim_at_(delta, threshold, missing)
+                return
+        mask = selection.largest_of(delta, k)
     else:
         keep_n, top_n = int(density * n), int(gamma * n)
         mask = selection.middle_of(delta, max(0, n - keep_n - top_n), keep_n)
@@ -249,8 +256,13 @@ def _trim_(delta: Tensor, k: int) -> None:
     if not delta.is_contiguous():
         _keep_largest_(delta, delta.abs(), k)
         return
+    threshold, missing, _ = kth_largest_ties(delta, k, absolute=True)
+    _trim_at_(delta, threshold, missing)
+
+
+def _trim_at_(delta: Tensor, threshold: Tensor, missing: int) -> None:
+    """_trim_ once the k-th largest |delta| and the ties to keep are known (contiguous)."""
     flat = delta.view(-1)
-    threshold, missing, _ = kth_largest_ties(flat, k, absolute=True)
     tied = _first_ties(flat, threshold, missing, absolute=True) if missing > 0 else None
     kept = flat[tied] if tied is not None else None  # times a mask of 1.0: themselves
 

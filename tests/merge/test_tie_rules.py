@@ -184,3 +184,33 @@ def test_default_rule_and_the_searchs_rule() -> None:
     assert recipe_tie_rule(MERGEKIT, "counter") == MERGEKIT
     assert search_tie_rule("ties") == search_tie_rule("della") == THRESHOLD
     assert search_tie_rule("dare_ties") is None and search_tie_rule("linear") is None
+
+
+def test_without_straddling_ties_both_rules_give_the_same_bytes() -> None:
+    delta = torch.randn(400, 300, generator=torch.Generator().manual_seed(5))  # no ties
+    k = int(0.3 * delta.numel())
+    order = torch.argsort(delta.abs().reshape(-1), descending=True)[:k]
+    expected = torch.zeros(delta.numel()).index_fill_(0, order, 1.0).view_as(delta) * delta
+    for rule in (MERGEKIT, THRESHOLD):
+        out = delta.clone()
+        sparsify_("magnitude", out, density=0.3, selection=Selection(rule))
+        assert torch.equal(out.view(torch.int32), expected.view(torch.int32)), rule
+
+
+def test_counter_recipes_without_the_key_keep_the_threshold_rule(
+    tied: dict[str, Path], tmp_path: Path
+) -> None:
+    """Recipes the search wrote before `tie_rule` merge to the bytes they merged to."""
+    head = f"merge_method: della\nbase_model: {tied['base']}\ndrop_scheme: counter\n"
+    models = "".join(
+        f"  - {{model: {tied[k]}, parameters: {{weight: 0.5, density: 0.5, epsilon: 0.2}}}}\n"
+        for k in ("a", "b")
+    )
+    merged = {}
+    for rule in ("", "tie_rule: threshold\n", "tie_rule: mergekit\n"):
+        recipe = load_recipe(head + rule + "models:\n" + models)
+        out = merge_to_disk(recipe, tmp_path / f"out{len(merged)}")
+        merged[rule] = oracle._load(out)
+    plain, threshold, exact = merged.values()
+    assert all(torch.equal(plain[k], threshold[k]) for k in plain)
+    assert not all(torch.equal(plain[k], exact[k]) for k in plain)  # bfloat16 keys tie
