@@ -206,7 +206,7 @@ def test_counter_recipes_without_the_key_keep_the_threshold_rule(
         f"  - {{model: {tied[k]}, parameters: {{weight: 0.5, density: 0.5, epsilon: 0.2}}}}\n"
         for k in ("a", "b")
     )
-    merged = {}
+    merged: dict[str, dict[str, torch.Tensor]] = {}
     for rule in ("", "tie_rule: threshold\n", "tie_rule: mergekit\n"):
         recipe = load_recipe(head + rule + "models:\n" + models)
         out = merge_to_disk(recipe, tmp_path / f"out{len(merged)}")
