@@ -12,9 +12,8 @@ forms, as in mergekit:
 Extensions are additive keys that mergekit ignores: `random_seed` and `drop_scheme` (DARE's
 and DELLA's drop masks: `counter`, a keyed hash of the entry index, or `torch_cpu`, torch's CPU
 generator, which a recipe without the key uses, as recipes written before the key did),
-`tie_rule` (which entries a magnitude selection keeps among equal magnitudes: `mergekit`, its
-sort order, which a recipe without the key uses, or `threshold`, faster; see
-merge/selection.py) and a slice's `input_scale` (data-flow merges: the hidden state entering the slice is multiplied by it;
+`tie_rule` (which of equal magnitudes a selection keeps: see merge/selection.py) and a slice's
+`input_scale` (data-flow merges: the hidden state entering the slice is multiplied by it;
 passthrough folds it into the weights, see merge/plan.py).
 
 This module checks a recipe's syntax (keys, shapes, value types). What depends on the merge

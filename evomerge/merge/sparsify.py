@@ -14,17 +14,28 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from evomerge.merge.blocks import map_blocks
 from evomerge.merge.drops import CounterDraws
 
-if TYPE_CHECKING:  # selection.py builds on this module
-    from evomerge.merge.selection import Selection
-
 Tensor = torch.Tensor
+
+
+class Selection(Protocol):
+    """What sparsify_ needs of a tie rule (selection.Selection, which builds on this module)."""
+
+    @property
+    def exact(self) -> bool: ...
+
+    @property
+    def dtype(self) -> torch.dtype | None: ...
+
+    def largest_of(self, delta: Tensor, k: int) -> Tensor: ...
+
+    def middle_of(self, delta: Tensor, bottom: int, count: int) -> Tensor: ...
 
 
 def sparsify_(
