@@ -11,8 +11,9 @@ forms, as in mergekit:
 
 Extensions are additive keys that mergekit ignores: `random_seed` and `drop_scheme` (DARE's
 and DELLA's drop masks: `counter`, a keyed hash of the entry index, or `torch_cpu`, torch's CPU
-generator, which a recipe without the key uses, as recipes written before the key did) and a
-slice's `input_scale` (data-flow merges: the hidden state entering the slice is multiplied by it;
+generator, which a recipe without the key uses, as recipes written before the key did),
+`tie_rule` (which of equal magnitudes a selection keeps: see merge/selection.py) and a slice's
+`input_scale` (data-flow merges: the hidden state entering the slice is multiplied by it;
 passthrough folds it into the weights, see merge/plan.py).
 
 This module checks a recipe's syntax (keys, shapes, value types). What depends on the merge
@@ -34,7 +35,7 @@ import yaml
 
 from evomerge.errors import RecipeError, preview, preview_key
 from evomerge.recipe_tokenizer import TokenizerSpec, parse_tokenizer
-from evomerge.yaml_limits import load_yaml, read_text_file
+from evomerge.yaml_limits import load_yaml, read_source
 
 Scalar: TypeAlias = bool | int | float | str
 Gradient: TypeAlias = tuple[Scalar, ...]
@@ -87,6 +88,7 @@ class Recipe:
     tokenizer_source: str | None = None
     random_seed: int | None = None
     drop_scheme: str | None = None  # None: torch_cpu (see merge/drops.py)
+    tie_rule: str | None = None  # None: mergekit (see merge/selection.py)
     tokenizer: TokenizerSpec | None = None  # vocabulary merging (evomerge/recipe_tokenizer.py)
 
     def referenced_models(self) -> tuple[str, ...]:
@@ -102,7 +104,7 @@ class Recipe:
         """Plain mergekit-layout dict (lists and dicts only), keys in the canonical order."""
         out: dict[str, Any] = {"merge_method": self.merge_method}
         keys = ("base_model", "dtype", "out_dtype", "tokenizer_source", "random_seed")
-        for key in (*keys, "drop_scheme"):
+        for key in (*keys, "drop_scheme", "tie_rule"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.parameters:
@@ -130,9 +132,11 @@ _TOP_KEYS = (
     "tokenizer_source",
     "random_seed",
     "drop_scheme",
+    "tie_rule",
     "tokenizer",
 )
 DROP_SCHEMES = ("torch_cpu", "counter")  # merge/drops.py
+TIE_RULES = ("mergekit", "threshold")  # merge/selection.py
 # A slice's input_scale is folded into the weights (the residual writers are divided by the
 # product of the scales so far): the paper's scales lie in [0.5, 2]; one of 1e300 turns the
 # weights to zero (or, as 1e-200, to inf). Each stays in [1/MAX_INPUT_SCALE, MAX_INPUT_SCALE]
@@ -147,7 +151,7 @@ def load_recipe(source: str | Path) -> Recipe:
     """Parse a recipe from a YAML file path or from YAML text (yaml.safe_load only); syntax
     only (see `evomerge.merge.check_recipe`)."""
     text, where = read_source(source)
-    data = safe_load_yaml(text, where)
+    data = load_yaml(text, where)
     if not isinstance(data, Mapping):
         raise RecipeError(f"{where}: a recipe must be a YAML mapping, got {type(data).__name__}")
     return parse_recipe(data)
@@ -181,6 +185,7 @@ def parse_recipe(data: Mapping[str, Any]) -> Recipe:
         tokenizer_source=_optional_str(data, "tokenizer_source", ""),
         random_seed=_optional_int(data, "random_seed"),
         drop_scheme=_optional_choice(data, "drop_scheme", DROP_SCHEMES),
+        tie_rule=_optional_choice(data, "tie_rule", TIE_RULES),
         tokenizer=parse_tokenizer(data.get("tokenizer")),
         models=tuple(
             _parse_model(m, f"models[{i}]") for i, m in enumerate(data.get("models") or ())
@@ -192,19 +197,6 @@ def parse_recipe(data: Mapping[str, Any]) -> Recipe:
 
 
 # --- parsing helpers -------------------------------------------------------------------------
-
-
-def safe_load_yaml(text: str, where: str, *, documents: bool = False) -> Any:
-    """yaml's safe loader within the limits of evomerge.yaml_limits; any failure a RecipeError."""
-    return load_yaml(text, where, documents=documents)
-
-
-def read_source(source: str | Path) -> tuple[str, str]:
-    """(YAML text, where to say it came from): a .yaml/.yml path is read, other text is used."""
-    if isinstance(source, Path) or ("\n" not in source and source.endswith((".yaml", ".yml"))):
-        path = Path(source)
-        return read_text_file(path), str(path)
-    return source, "recipe"
 
 
 def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], path: str) -> None:

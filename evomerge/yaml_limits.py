@@ -190,3 +190,11 @@ def _at(e: yaml.YAMLError) -> str:
 def _problem(e: yaml.YAMLError) -> str:
     problem = getattr(e, "problem", None) or str(e).splitlines()[0]
     return preview(problem).strip("'\"")
+
+
+def read_source(source: str | Path) -> tuple[str, str]:
+    """(YAML text, where to say it came from): a .yaml/.yml path is read, other text is used."""
+    if isinstance(source, Path) or ("\n" not in source and source.endswith((".yaml", ".yml"))):
+        path = Path(source)
+        return read_text_file(path), str(path)
+    return source, "recipe"

@@ -1,15 +1,23 @@
 """Merge speed and memory, evomerge against mergekit 0.1.5 (`mergekit-yaml`, CPU), one run.
 
     python scripts/bench_merge.py [--params 0.5e9] [--repetitions 3] [--threads 1 2]
-        [--methods linear ties ...] [--cache ~/.cache/evomerge/bench-merge] [--json FILE]
+        [--methods linear ties ...] [--tree NAME=PATH ...] [--tie-rule mergekit|threshold]
+        [--cache ~/.cache/evomerge/bench-merge] [--json FILE]
 
 Generates (once, cached) three same-architecture Llama checkpoints of about --params parameters
 (bf16, 500 MB shards): a base and two fine-tunes. Runs linear, task_arithmetic, ties,
-dare_ties and slerp through `python -m evomerge merge --threads T` and `mergekit-yaml --no-cuda
---num-threads T --async-write --write-threads T --random-seed 0 --quiet` (mergekit's fastest
-CPU flags; defaults otherwise: one output shard at this size), interleaved by method, thread
-count and tool, each run in a child process with OMP_NUM_THREADS=MKL_NUM_THREADS=T. Also times
-the floor: read all inputs and write one output of the same size with plain safetensors.
+dare_ties, slerp, della and breadcrumbs_ties through `python -m evomerge merge --threads T`
+(once per source tree: `--tree NAME=PATH`, repeatable, e.g. a worktree of the commit before a
+change; default: this tree) and `mergekit-yaml --no-cuda --num-threads T --async-write
+--write-threads T --random-seed 0 --quiet` (mergekit's fastest CPU flags; defaults otherwise:
+one output shard at this size), interleaved by method, thread count and tool, each run in a
+child process with OMP_NUM_THREADS=MKL_NUM_THREADS=T. Seeded methods use `drop_scheme:
+counter`; `--tie-rule` adds that `tie_rule` to the selecting methods' recipes of trees that
+know the key (none: mergekit's rule, a plain recipe). Also times the floor, a whole process
+with the merge's durability: start Python and torch, read all inputs once with plain
+safetensors, write one output of the same size and fsync it. Per method and thread count:
+seconds, x the floor, mergekit's seconds / these, peak RSS (MB), max |evomerge - mergekit|
+(first tree).
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, nargs="+", default=[1], help="thread counts")
     p.add_argument("--dtype", default="bfloat16", help="the recipes' dtype: key")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--tree", action="append", default=[], help="NAME=PATH (repeatable)")
+    p.add_argument("--tie-rule", choices=("mergekit", "threshold"), default=None)
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache/evomerge/bench-merge")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
@@ -47,6 +57,8 @@ def main() -> None:
             repetitions=args.repetitions,
             threads=args.threads,
             dtype=args.dtype,
+            trees={name: Path(path) for name, path in (t.split("=", 1) for t in args.tree)},
+            tie_rule=args.tie_rule,
         )
     out["parameters"] = parameter_count(config_for(args.params, hidden=args.hidden))
     out["command"] = "python scripts/bench_merge.py " + " ".join(sys.argv[1:])
@@ -64,20 +76,23 @@ def print_table(out: dict) -> None:
         f"median of {out['repetitions']}"
     )
     print(
-        f"{'method':16s} {'evomerge s':>10s} {'mergekit s':>10s} {'speedup':>8s} "
-        f"{'evo MB':>8s} {'mk MB':>8s} {'x floor':>8s} {'max|diff|':>10s}"
+        f"{'method':22s} {'tool':12s} {'seconds':>8s} {'x floor':>8s} {'mk/this':>8s} "
+        f"{'peak MB':>8s} {'max|diff|':>10s}"
     )
     for method, row in out["methods"].items():
-        evo, mk = row["evomerge"], row["mergekit"]
-        print(
-            f"{method:16s} {evo['median_wall_s']:10.1f} {mk['median_wall_s']:10.1f} "
-            f"{row['speedup']:8.2f} {evo['median_peak_rss_mb']:8.0f} "
-            f"{mk['median_peak_rss_mb']:8.0f} {row['vs_floor']:8.2f} {row['max_abs_diff']:10.2e}"
-        )
+        for tool, runs in row.items():
+            if not isinstance(runs, dict):
+                continue
+            ratio = runs.get("vs_mergekit")
+            print(
+                f"{method:22s} {tool:12s} {runs['median_wall_s']:8.2f} "
+                f"{runs['median_wall_s'] / out['floor']['median_wall_s']:8.2f} "
+                f"{'' if ratio is None else f'{ratio:.2f}':>8s} "
+                f"{runs['median_peak_rss_mb']:8.0f} {row['max_abs_diff']:10.2e}"
+            )
     fl = out["floor"]
-    print(
-        f"{'floor':16s} {fl['median_wall_s']:10.1f} {'':>10s} {'':>8s} {fl['median_peak_rss_mb']:8.0f}"
-    )
+    print(f"{'floor':22s} {'':12s} {fl['median_wall_s']:8.2f} {1:8.2f} {'':>8s} ", end="")
+    print(f"{fl['median_peak_rss_mb']:8.0f}")
 
 
 if __name__ == "__main__":

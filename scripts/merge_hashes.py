@@ -1,6 +1,6 @@
 """Hash every merge method's output on the mergekit oracle recipes (identity check for refactors).
 
-    python scripts/merge_hashes.py OUT.json
+    PYTHONPATH=TREE python scripts/merge_hashes.py OUT.json
 
 Merges each recipe of tests/merge/test_mergekit_oracle.py (plus the seeded methods below
 density 1, and entry-wise methods on tensors large enough to be merged in blocks) on the same
@@ -103,6 +103,8 @@ def main(out: str) -> None:
     body = json.dumps(hashes, indent=1, sort_keys=True) + "\n"
     Path(out).write_text(body)
     print(f"{len(hashes)} cases, sha256 {hashlib.sha256(body.encode()).hexdigest()}")
+    # the tree is PYTHONPATH's (else the installed evomerge): say which one was hashed
+    print(f"tree: {Path(evomerge.__file__).resolve().parents[1]}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from collections.abc import Callable
 
 import torch
 
+from evomerge.merge.blocks import map_blocks
+
 Tensor = torch.Tensor
 
 LANES = 4  # 16-bit draws per 64-bit hash
@@ -97,9 +99,13 @@ class CounterDraws:
             delta.mul_(self.keep(delta, density))
             return
         threshold = float(keep_threshold(density))
-        for start in range(0, flat.numel(), BLOCK):
-            block = flat[start : start + BLOCK]
-            block.mul_(_mask(self.draws(start, start + block.numel(), delta.device), threshold))
+
+        def drop_block(i: int) -> None:
+            block = flat[i * BLOCK : (i + 1) * BLOCK]
+            draws = self.draws(i * BLOCK, i * BLOCK + block.numel(), delta.device)
+            block.mul_(_mask(draws, threshold))
+
+        map_blocks(-(-flat.numel() // BLOCK), drop_block, delta.device)
 
     def keep(self, like: Tensor, density: float) -> Tensor:
         """1.0 where kept, else 0.0, shaped like `like` (float32, float64 for float64)."""

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from evomerge.errors import MergeError, preview
 from evomerge.merge.architecture import check_compatible
+from evomerge.merge.blocks import map_blocks
 from evomerge.merge.cache import SourceCache
 from evomerge.merge.drops import CounterDraws
 from evomerge.merge.io import ShardedWriter, resolve_model_dir
@@ -23,6 +24,7 @@ from evomerge.merge.output import check_extras, write_extras
 from evomerge.merge.overlap import BackgroundWriter, read_ahead, torch_threads
 from evomerge.merge.plan import MergePlan, TensorJob, plan_merge
 from evomerge.merge.recipe_checks import check_distinct_models, check_recipe
+from evomerge.merge.selection import Selection, recipe_tie_rule
 from evomerge.merge.sparsify import RandomDraws
 from evomerge.merge.vocabulary import VOCAB_TENSORS, build_vocabulary, permute_rows, tokenizer_spec
 from evomerge.recipe import Recipe
@@ -225,16 +227,36 @@ def run_job(
     if plan.method.entrywise and tensors[0].dim() > 0 and tensors[0].numel() > BLOCK:
         return _run_blockwise(plan, job, tensors, in_dtype, out_dtype)
     # Inputs are rounded to the recipe's dtype (as mergekit does), then merged in float32
-    # (float64 stays) and rounded once at the end. One at a time, to free each original early.
+    # (float64 stays) and rounded once at the end.
     first = in_dtype or tensors[0].dtype
     compute = torch.float64 if first == torch.float64 else torch.float32
+    selection = _selection(plan, tensors, in_dtype, compute)
     vectors: tuple[TaskVector, ...] = ()
     if plan.method.takes_task_vectors:
         vectors = _task_vectors(job, tensors, cache, in_dtype, compute)
     if vectors:  # the search: only the base is needed besides the kept task vectors
+        inputs: list[torch.Tensor] = []
         base: torch.Tensor | None = _cast(tensors[-1], in_dtype, compute)
-        tensors = []
-    elif (plan.method.takes_task_vectors and job.has_base) or plan.method.converts_inputs:
+        tensors.clear()  # the sources are not needed (nor kept) while the method runs
+    else:
+        inputs, base = _compute_inputs(plan, job, tensors, in_dtype, compute)
+    n = len(job.inputs) - int(job.has_base)
+    scheme = plan.recipe.drop_scheme or "torch_cpu"
+    generators = _random_draws(job, seed, n, scheme) if plan.method.seeded else ()
+    args = MergeArgs(job.per_model, job.shared, generators, vectors, selection)
+    return plan.method.fn(inputs, base, args)
+
+
+def _compute_inputs(
+    plan: MergePlan,
+    job: TensorJob,
+    tensors: list[torch.Tensor],
+    in_dtype: torch.dtype | None,
+    compute: torch.dtype,
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """(non-base inputs, base) as the method takes them; one at a time, to free each original
+    early (`tensors` is emptied)."""
+    if (plan.method.takes_task_vectors and job.has_base) or plan.method.converts_inputs:
         # Inputs narrower than the compute dtype are passed as they are, not as whole float32
         # copies (N whole tensors at once for the embeddings): x - base with a float32 base
         # converts x exactly on the fly, and converts_inputs methods convert row blocks.
@@ -245,16 +267,30 @@ def run_job(
                 rounded.dtype, compute
             )
             tensors[i] = rounded if kept else _cast(t, in_dtype, compute)
-        base = tensors.pop() if job.has_base else None
     else:
         for i, t in enumerate(tensors):
             tensors[i] = _cast(t, in_dtype, compute)
-        base = tensors.pop() if job.has_base else None
-    n = len(job.inputs) - int(job.has_base)
-    scheme = plan.recipe.drop_scheme or "torch_cpu"
-    generators = _random_draws(job, seed, n, scheme) if plan.method.seeded else ()
-    args = MergeArgs(job.per_model, job.shared, generators, vectors)
-    return plan.method.fn(tensors, base, args)
+    base = tensors.pop() if job.has_base else None
+    inputs = list(tensors)
+    tensors.clear()
+    return inputs, base
+
+
+def _selection(
+    plan: MergePlan,
+    tensors: list[torch.Tensor],
+    in_dtype: torch.dtype | None,
+    compute: torch.dtype,
+) -> Selection:
+    """The recipe's tie rule, and the dtype mergekit would subtract in (the recipe's dtype,
+    else the inputs' promoted one) where it is narrower than the compute dtype."""
+    rule = recipe_tie_rule(plan.recipe.tie_rule, plan.recipe.drop_scheme)
+    narrow = in_dtype
+    if narrow is None:
+        narrow = tensors[0].dtype
+        for t in tensors[1:]:
+            narrow = torch.promote_types(narrow, t.dtype)
+    return Selection(rule, narrow if narrow != compute else None)
 
 
 def _cast(t: torch.Tensor, in_dtype: torch.dtype | None, compute: torch.dtype) -> torch.Tensor:
@@ -322,11 +358,14 @@ def _run_blockwise(
     # as in run_job: x - base converts narrower inputs of task-vector methods exactly
     subtracted = plan.method.takes_task_vectors and job.has_base
     keep = [subtracted and _converts_exactly(t.dtype, compute) for t in tensors[:-1]] + [False]
-    for start in range(0, out.shape[0], rows):
-        block = [t[start : start + rows] for t in tensors]
+
+    def merge_block(i: int) -> None:  # blocks write disjoint rows: any thread, same bytes
+        block = [t[i * rows : (i + 1) * rows] for t in tensors]
         block = [b if kept else b.to(compute) for b, kept in zip(block, keep, strict=True)]
         base = block.pop() if job.has_base else None
-        out[start : start + rows] = plan.method.fn(block, base, args)
+        out[i * rows : (i + 1) * rows] = plan.method.fn(block, base, args)
+
+    map_blocks(-(-out.shape[0] // rows), merge_block, out.device)
     return out
 
 

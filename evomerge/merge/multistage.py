@@ -24,7 +24,8 @@ from evomerge.merge.card import render_card
 from evomerge.merge.execute import MergeOptions, merge_to_disk
 from evomerge.merge.out_dir import Staging, check_out_dir, make_parents, remove_made
 from evomerge.merge.recipe_checks import check_recipe
-from evomerge.recipe import Recipe, dump_recipe, parse_recipe, read_source, safe_load_yaml
+from evomerge.recipe import Recipe, dump_recipe, parse_recipe
+from evomerge.yaml_limits import load_yaml, read_source
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # The most stages one recipe file may hold: mergekit-multi recipes have a handful, and each stage
@@ -41,7 +42,7 @@ class Stage:
 def load_stages(source: str | Path) -> tuple[Stage, ...]:
     """Parse every YAML document of a recipe file (or text); errors say which document."""
     text, place = read_source(source)
-    documents = [d for d in safe_load_yaml(text, place, documents=True) if d is not None]
+    documents = [d for d in load_yaml(text, place, documents=True) if d is not None]
     if not documents:
         raise RecipeError(f"{place}: no recipe in the file")
     if len(documents) > MAX_STAGES:

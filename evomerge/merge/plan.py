@@ -183,6 +183,26 @@ def _job(
     offset: int | None,
     t: float,
 ) -> TensorJob:
+    inputs = _job_inputs(layouts, seg, out_name, suffix, offset)
+    infos = [layouts[i.model].tensors[i.name] for i in inputs]
+    _check_shapes(recipe, out_name, inputs, infos)
+    dtype = infos[0].dtype
+    for info in infos[1:]:
+        dtype = torch.promote_types(dtype, info.dtype)
+    per_model, shared = _job_parameters(recipe, method, seg, inputs, out_name, t)
+    return TensorJob(
+        out_name, infos[0].shape, dtype, tuple(inputs), seg.has_base, per_model, shared
+    )
+
+
+def _job_inputs(
+    layouts: Mapping[str, ModelLayout],
+    seg: _Segment,
+    out_name: str,
+    suffix: str,
+    offset: int | None,
+) -> list[TensorInput]:
+    """The stored tensor of each of the segment's inputs that `out_name` is merged from."""
     inputs = []
     for item in seg.inputs:
         wanted = suffix if offset is None else layer_tensor(item.layer_start + offset, suffix)
@@ -192,7 +212,12 @@ def _job(
                 f"model {preview(item.model)} has no tensor {wanted} (needed for {out_name})"
             )
         inputs.append(TensorInput(item.model, stored))
-    infos = [layouts[i.model].tensors[i.name] for i in inputs]
+    return inputs
+
+
+def _check_shapes(
+    recipe: Recipe, out_name: str, inputs: Sequence[TensorInput], infos: Sequence[Any]
+) -> None:
     # merged vocabularies: rows are aligned by token later (merge/vocabulary.py); widths must agree
     aligned = out_name in (EMBED, LM_HEAD) and (
         recipe.tokenizer is not None or recipe.tokenizer_source is not None
@@ -204,11 +229,19 @@ def _job(
                 f"shape mismatch for {out_name}: {preview(inputs[0].model)} has {inputs[0].name} "
                 f"{list(infos[0].shape)}, {preview(inp.model)} has {inp.name} {list(info.shape)}"
             )
-    dtype = infos[0].dtype
-    for info in infos[1:]:
-        dtype = torch.promote_types(dtype, info.dtype)
-    has_base = seg.has_base
-    weighted = seg.inputs[:-1] if has_base else seg.inputs
+
+
+def _job_parameters(
+    recipe: Recipe,
+    method: Method,
+    seg: _Segment,
+    inputs: Sequence[TensorInput],
+    out_name: str,
+    t: float,
+) -> tuple[dict[str, tuple[Any, ...]], dict[str, Any]]:
+    """(per-model values, shared values) of the method's parameters for this tensor, the
+    method's cross-check applied to each input's."""
+    weighted = seg.inputs[:-1] if seg.has_base else seg.inputs
     per_model = {
         name: tuple(
             _resolve(
@@ -234,7 +267,7 @@ def _job(
                 raise RecipeError(
                     f"{item.path}.parameters: {broken} (model {preview(item.model)}, tensor {inp.name})"
                 )
-    return TensorJob(out_name, infos[0].shape, dtype, tuple(inputs), has_base, per_model, shared)
+    return per_model, shared
 
 
 def _resolve(

@@ -13,13 +13,29 @@ for DARE this is 1/density in expectation).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 
+from evomerge.merge.blocks import map_blocks
 from evomerge.merge.drops import CounterDraws
 
 Tensor = torch.Tensor
+
+
+class Selection(Protocol):
+    """What sparsify_ needs of a tie rule (selection.Selection, which builds on this module)."""
+
+    @property
+    def exact(self) -> bool: ...
+
+    @property
+    def dtype(self) -> torch.dtype | None: ...
+
+    def largest_of(self, delta: Tensor, k: int) -> Tensor: ...
+
+    def middle_of(self, delta: Tensor, bottom: int, count: int) -> Tensor: ...
 
 
 def sparsify_(
@@ -31,14 +47,20 @@ def sparsify_(
     rescale: bool = False,
     generator: torch.Generator | RandomDraws | CounterDraws | None = None,
     l1: float | None = None,
+    selection: Selection | None = None,
 ) -> None:
     """In place: zero the dropped entries of `delta`; with `rescale`, restore its L1 norm.
 
     `l1` is |delta|_1 when the caller already knows it (the search keeps it per source).
+    `selection` breaks ties among equal magnitudes (selection.py); None: the threshold rule.
     """
     if density >= 1:
         return
     before = (l1 if l1 is not None else float(delta.abs().sum())) if rescale else None
+    if selection is not None and selection.exact and method in ("magnitude", "outliers"):
+        _select_exactly_(method, delta, density, gamma, selection)
+        _restore_l1_(delta, before)
+        return
     if method == "random" and isinstance(generator, RandomDraws | CounterDraws):
         # times a 0/1 float mask: boolean kernels (masked_fill_, where) are 10-40x slower
         # than float ones on CPU; dropped entries become -0.0 where delta < 0 (equal to 0)
@@ -47,7 +69,7 @@ def sparsify_(
         return
     if method == "magnitude" and delta.dtype == torch.float32 and density > 0 < delta.numel():
         # the entries magnitude_mask keeps, zeroed in float arithmetic (no bool kernels)
-        _keep_largest_(delta, delta.abs(), max(1, int(density * delta.numel())))
+        _trim_(delta, max(1, int(density * delta.numel())))
         _restore_l1_(delta, before)
         return
     if method == "magnitude":
@@ -64,6 +86,32 @@ def sparsify_(
         delta.mul_(mask)
     del mask
     _restore_l1_(delta, before)
+
+
+def _select_exactly_(
+    method: str, delta: Tensor, density: float, gamma: float, selection: Selection
+) -> None:
+    """In place: zero what mergekit's magnitude or outlier selection drops (its tie order)."""
+    n = delta.numel()
+    if method == "magnitude":
+        if density <= 0 or n == 0:
+            delta.zero_()  # as magnitude_mask's empty mask (masked_fill_: +0.0)
+            return
+        k = max(1, int(density * n))
+        fast = delta.dtype == torch.float32 and delta.is_contiguous() and selection.dtype is None
+        if fast and k < n:
+            threshold, missing, equal = kth_largest_ties(delta, k, absolute=True)
+            if missing == equal:  # one set, however ties break: no tie straddles the cut
+                _trim_at_(delta, threshold, missing)
+                return
+        mask = selection.largest_of(delta, k)
+    else:
+        keep_n, top_n = int(density * n), int(gamma * n)
+        mask = selection.middle_of(delta, max(0, n - keep_n - top_n), keep_n)
+    if method == "magnitude" and delta.dtype == torch.float32:
+        delta.mul_(mask.to(delta.dtype))  # as _keep_largest_: a 0/1 float mask
+    else:
+        delta.masked_fill_(~mask, 0.0)
 
 
 def _restore_l1_(delta: Tensor, before: float | None) -> None:
@@ -212,12 +260,45 @@ def _keep_largest_(delta: Tensor, values: Tensor, k: int) -> None:
     delta.mul_(mask)
 
 
-def _first_ties(values: Tensor, threshold: Tensor, count: int) -> Tensor:
-    """Flat indices of the first `count` entries equal to `threshold`, scanning row blocks in
-    order and stopping once found (rather than one whole-tensor comparison and nonzero)."""
+def _trim_(delta: Tensor, k: int) -> None:
+    """_keep_largest_(delta, |delta|, k), the same bytes, block by block: |delta| is never
+    made whole, and the mask's passes (abs, sub, sign, clamp, mul) run while a block is in
+    cache, the blocks spread over threads (blocks.py)."""
+    if not delta.is_contiguous():
+        _keep_largest_(delta, delta.abs(), k)
+        return
+    threshold, missing, _ = kth_largest_ties(delta, k, absolute=True)
+    _trim_at_(delta, threshold, missing)
+
+
+def _trim_at_(delta: Tensor, threshold: Tensor, missing: int) -> None:
+    """_trim_ once the k-th largest |delta| and the ties to keep are known (contiguous)."""
+    flat = delta.view(-1)
+    tied = _first_ties(flat, threshold, missing, absolute=True) if missing > 0 else None
+    kept = flat[tied] if tied is not None else None  # times a mask of 1.0: themselves
+
+    def mask_block(i: int) -> None:
+        block = flat[i * _MASK_BLOCK : (i + 1) * _MASK_BLOCK]
+        block.mul_(block.abs().sub_(threshold).sign_().clamp_(min=0))  # 1 where |x| > t
+
+    map_blocks(-(-flat.numel() // _MASK_BLOCK), mask_block, delta.device)
+    if tied is not None and kept is not None:
+        flat[tied] = kept
+
+
+# Entries per block of the trim's mask pass: 256 KB of float32 and its |x| stay in L2.
+_MASK_BLOCK = 1 << 16
+
+
+def _first_ties(values: Tensor, threshold: Tensor, count: int, *, absolute: bool = False) -> Tensor:
+    """Flat indices of the first `count` entries equal to `threshold` (|entries| with
+    `absolute`), scanning row blocks in order and stopping once found (rather than one
+    whole-tensor comparison and nonzero)."""
     found, flat = [], values.reshape(-1)
     for start in range(0, flat.numel(), _CHUNK):
-        hits = (flat[start : start + _CHUNK] == threshold).nonzero().squeeze(1)[:count] + start
+        chunk = flat[start : start + _CHUNK]
+        hits = ((chunk.abs() if absolute else chunk) == threshold).nonzero().squeeze(1)
+        hits = hits[:count] + start
         found.append(hits)
         count -= hits.numel()
         if count <= 0:
@@ -230,25 +311,43 @@ _CHUNK = 1 << 22  # elements per histogram pass: bounds the int64 scratch of bin
 
 def _kth_largest(values: Tensor, k: int) -> tuple[Tensor, int]:
     """The k-th largest value, and how many entries equal to it are among the k largest."""
-    bits = values.reshape(-1).view(torch.int32)
-    high_counts = _histogram(c >> 16 for c in bits.split(_CHUNK))
-    bucket, rank = _select_bucket(high_counts, k)
+    threshold, tied, _ = kth_largest_ties(values, k)
+    return threshold, tied
+
+
+def kth_largest_ties(values: Tensor, k: int, *, absolute: bool = False) -> tuple[Tensor, int, int]:
+    """_kth_largest of non-negative float32 `values` (1 <= k <= numel; with `absolute`, of
+    |values|, never made whole), and how many entries equal the k-th largest in all: the k
+    largest are one set, whatever breaks ties, iff both counts agree."""
+    chunks = values.reshape(-1).view(torch.int32).split(_CHUNK)
+    high = (lambda c: (c & 0x7FFFFFFF) >> 16) if absolute else (lambda c: c >> 16)
+    bucket, rank = _select_bucket(_histogram(chunks, high), k)
     # low 16 bits of the entries in that bucket, the others clamped into two end bins
     # (dropped): integer arithmetic instead of a boolean selection
-    shifted = ((c - (bucket << 16)).clamp_(-1, 1 << 16).add_(1) for c in bits.split(_CHUNK))
-    low_counts = _histogram(shifted, bins=(1 << 16) + 2)[1:-1]
+    offset = bucket << 16
+    low = (lambda c: (c & 0x7FFFFFFF).sub_(offset)) if absolute else (lambda c: c - offset)
+    low_counts = _histogram(chunks, lambda c: low(c).clamp_(-1, 1 << 16).add_(1), (1 << 16) + 2)
+    low_counts = low_counts[1:-1]
     sub_bucket, tied = _select_bucket(low_counts, rank)
     pattern = torch.tensor([(bucket << 16) | sub_bucket], dtype=torch.int32)
-    return pattern.view(torch.float32)[0].to(values.device), tied
+    return pattern.view(torch.float32)[0].to(values.device), tied, int(low_counts[sub_bucket])
 
 
-def _histogram(chunks: Iterable[Tensor], bins: int = 1 << 16) -> Tensor:
-    counts = None
-    for chunk in chunks:
-        part = torch.bincount(chunk, minlength=bins)
-        counts = part if counts is None else counts.add_(part)
-    if counts is None:
+def _histogram(
+    chunks: Sequence[Tensor], transform: Callable[[Tensor], Tensor], bins: int = 1 << 16
+) -> Tensor:
+    """Counts of transform(chunk)'s values in [0, bins), summed over the chunks (the chunks
+    spread over threads: blocks.py; integer sums, so the same counts for any split)."""
+    if not chunks:
         raise ValueError("empty input")
+
+    def count(i: int) -> Tensor:
+        return torch.bincount(transform(chunks[i]), minlength=bins)
+
+    parts = map_blocks(len(chunks), count, chunks[0].device)
+    counts = parts[0]
+    for part in parts[1:]:
+        counts.add_(part)
     return counts
 
 

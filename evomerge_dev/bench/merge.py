@@ -3,13 +3,16 @@
 Each merge runs in a child process (as a user would run it); its wall time is measured from
 start to exit and its peak RSS by polling VmHWM (the high-water mark, so a short poll interval
 only misses growth in the last interval before exit) over the child and its descendants.
-Tools and methods are interleaved repetition by repetition, so background load on a shared
-machine hits both tools alike; figures are medians over repetitions.
+Tools (mergekit, evomerge from each source tree) and methods are interleaved repetition by
+repetition, so background load on a shared machine hits them alike; figures are medians over
+repetitions. The floor is a whole process too, with evomerge's durability: start Python and
+torch, read every input once, write one output of the merge's size and fsync it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,13 +27,35 @@ import torch
 
 from evomerge.merge.io import CheckpointReader
 
-METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "slerp")
+METHODS = (
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    "slerp",
+    "della",
+    "breadcrumbs_ties",
+)
 POLL_S = 0.02
+MERGEKIT = "mergekit"
+PARAMS = {  # per fine-tune; the rest weight 0.5, density 0.5
+    "task_arithmetic": "{weight: 0.5}",
+    "della": "{weight: 0.5, density: 0.5, epsilon: 0.1}",
+    "breadcrumbs_ties": "{weight: 0.5, density: 0.5, gamma: 0.01}",
+}
+SEEDED = ("dare_ties", "della")
+SELECTING = ("ties", "della", "breadcrumbs_ties")  # selection.TIE_RULE_METHODS benchmarked
 
 
-def recipe_text(method: str, base: Path, ft1: Path, ft2: Path, dtype: str) -> str:
-    """The same YAML for both tools (mergekit-compatible keys only)."""
+def recipe_text(
+    method: str, base: Path, ft1: Path, ft2: Path, dtype: str, tie_rule: str | None = None
+) -> str:
+    """The same YAML for both tools (mergekit ignores evomerge's extension keys): seeded
+    methods with `drop_scheme: counter` and, given `tie_rule`, selecting ones with that rule
+    (as the search writes them)."""
     head = f"merge_method: {method}\ndtype: {dtype}\n"
+    if tie_rule is not None and method in SELECTING:
+        head += f"tie_rule: {tie_rule}\n"
     if method == "linear":
         weighted = [(base, "{weight: 0.4}"), (ft1, "{weight: 0.3}"), (ft2, "{weight: 0.3}")]
         return (
@@ -43,10 +68,10 @@ def recipe_text(method: str, base: Path, ft1: Path, ft2: Path, dtype: str) -> st
             head
             + f"base_model: {base}\nparameters: {{t: 0.5}}\nmodels:\n  - model: {base}\n  - model: {ft1}\n"
         )
-    params = "{weight: 0.5}" if method == "task_arithmetic" else "{weight: 0.5, density: 0.5}"
+    params = PARAMS.get(method, "{weight: 0.5, density: 0.5}")
     models = "".join(f"  - {{model: {m}, parameters: {params}}}\n" for m in (ft1, ft2))
     # evomerge's counter-based drops, as its search writes them (mergekit ignores the key)
-    scheme = "drop_scheme: counter\n" if method == "dare_ties" else ""
+    scheme = "drop_scheme: counter\n" if method in SEEDED else ""
     return head + scheme + f"base_model: {base}\nmodels:\n{models}"
 
 
@@ -83,26 +108,32 @@ def _hwm_kb(pid: int) -> int:
     return 0
 
 
+def evomerge_command(recipe: Path, out: Path, threads: int, seed: int = 0) -> list[str]:
+    """`python -m evomerge merge` on the CPU with `threads` threads for the arithmetic (the
+    tree is the child's PYTHONPATH)."""
+    return [
+        sys.executable,
+        "-m",
+        "evomerge",
+        "merge",
+        str(recipe),
+        str(out),
+        "--device",
+        "cpu",
+        "--random-seed",
+        str(seed),
+        "--threads",
+        str(threads),
+        "--no-progress",
+    ]
+
+
 def tool_commands(recipe: Path, out: Path, threads: int, seed: int = 0) -> dict[str, list[str]]:
     """The two tools' command lines (CPU, one output shard at this size, same seed, `threads`
     threads for the arithmetic; mergekit with asynchronous writes, its fastest CPU setting)."""
     bindir = Path(sys.executable).parent
     return {
-        "evomerge": [
-            sys.executable,
-            "-m",
-            "evomerge",
-            "merge",
-            str(recipe),
-            str(out / "evomerge"),
-            "--device",
-            "cpu",
-            "--random-seed",
-            str(seed),
-            "--threads",
-            str(threads),
-            "--no-progress",
-        ],
+        "evomerge": evomerge_command(recipe, out / "evomerge", threads, seed),
         "mergekit": [
             str(bindir / "mergekit-yaml"),
             str(recipe),
@@ -130,11 +161,22 @@ def floor_command(inputs: Sequence[Path], out: Path) -> list[str]:
 
 def floor_copy(inputs: Sequence[Path], out: Path) -> None:
     """Read every tensor of every input with plain safetensors; write the first input's
-    tensors as one output of the same size (shard by shard, as the inputs are laid out)."""
+    tensors as one output of the same size (shard by shard, as the inputs are laid out), and
+    fsync the files and the directory (evomerge's durability: staging.py)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     out.mkdir(parents=True)
+    _write_read_inputs(inputs, out, safe_open, save_file)
+    for path in [*sorted(out.iterdir()), out, out.parent]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_read_inputs(inputs: Sequence[Path], out: Path, safe_open: Any, save_file: Any) -> None:
     for shard in sorted(inputs[0].glob("*.safetensors")):
         kept: dict[str, torch.Tensor] = {}
         for i, model in enumerate(inputs):
@@ -173,11 +215,13 @@ def compare(evo: Path, mk: Path, base: Path) -> dict[str, float]:
     return out
 
 
-def _env(threads: int) -> dict[str, str]:
+def _env(threads: int, tree: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[key] = str(threads)
     env["TQDM_DISABLE"] = "1"
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     return env
 
 
@@ -190,6 +234,31 @@ def warm_page_cache(models: Sequence[Path]) -> None:
                     pass
 
 
+def knows_tie_rule(tree: Path) -> bool:
+    """Whether the source tree's recipes take `tie_rule` (trees before it reject the key)."""
+    recipe = tree / "evomerge" / "recipe.py"
+    return recipe.is_file() and '"tie_rule"' in recipe.read_text()
+
+
+def write_recipes(
+    work: Path,
+    models: tuple[Path, Path, Path],
+    methods: Sequence[str],
+    trees: dict[str, Path],
+    dtype: str,
+    tie_rule: str | None,
+) -> dict[tuple[str, str], Path]:
+    """{(method, tool): recipe}: mergekit's, and each tree's (with `tie_rule` where it knows
+    the key)."""
+    recipes = {}
+    for method in methods:
+        for tool in (MERGEKIT, *trees):
+            rule = tie_rule if tool != MERGEKIT and knows_tie_rule(trees[tool]) else None
+            recipes[method, tool] = work / f"{method}-{tool}.yaml"
+            recipes[method, tool].write_text(recipe_text(method, *models, dtype, rule))
+    return recipes
+
+
 def run_benchmark(
     models: tuple[Path, Path, Path],
     work: Path,
@@ -198,47 +267,57 @@ def run_benchmark(
     repetitions: int = 3,
     threads: Sequence[int] = (1,),
     dtype: str = "bfloat16",
+    trees: dict[str, Path] | None = None,
+    tie_rule: str | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
-    """Interleaved runs of evomerge, mergekit (and the floor) per method and thread count;
-    medians and diffs. Rows are labelled `method/Nt`."""
-    import shutil
-
-    base = models[0]
+    """Interleaved runs of evomerge (per source tree), mergekit and the floor per method and
+    thread count; medians and diffs (the first tree against mergekit). Rows: `method/Nt`."""
+    trees = trees or {"evomerge": Path(__file__).resolve().parents[2]}
     work.mkdir(parents=True, exist_ok=True)
-    recipes = {}
-    for method in methods:
-        recipes[method] = work / f"{method}.yaml"
-        recipes[method].write_text(recipe_text(method, *models, dtype))
+    recipes = write_recipes(work, models, methods, trees, dtype, tie_rule)
     warm_page_cache(models)
+    tools = [*trees, MERGEKIT]
     labels = {(m, t): f"{m}/{t}t" for m in methods for t in threads}
     runs: dict[str, dict[str, list[Run]]] = {
-        label: {"evomerge": [], "mergekit": []} for label in labels.values()
+        label: {tool: [] for tool in tools} for label in labels.values()
     }
     floor: list[Run] = []
     diffs: dict[str, dict[str, float]] = {}
     for rep in range(repetitions):
-        out = work / "floor"
-        shutil.rmtree(out, ignore_errors=True)
-        floor.append(run_measured(floor_command(models, out), _env(threads[0])))
-        shutil.rmtree(out)
+        floor.append(_floor_run(models, work, threads[0]))
         log(f"rep {rep} floor {floor[-1].wall_s:.1f} s")
         for (method, t), label in labels.items():
             out = work / method
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
-            cmds = tool_commands(recipes[method], out, t)
-            order = ["evomerge", "mergekit"] if rep % 2 == 0 else ["mergekit", "evomerge"]
+            order = tools[rep % len(tools) :] + tools[: rep % len(tools)]
             for tool in order:
-                runs[label][tool].append(run_measured(cmds[tool], _env(t)))
+                cmd = _command(tool, recipes[method, tool], out / tool, t)
+                tree = trees.get(tool)
+                runs[label][tool].append(run_measured(cmd, _env(t, tree)))
                 r = runs[label][tool][-1]
                 log(f"rep {rep} {label} {tool} {r.wall_s:.1f} s {r.peak_rss_mb:.0f} MB")
             if method not in diffs:
-                diffs[method] = compare(out / "evomerge", out / "mergekit", base)
+                diffs[method] = compare(out / tools[0], out / MERGEKIT, models[0])
                 log(f"{method} diff {diffs[method]}")
             shutil.rmtree(out)
     by_label = {label: diffs[m] for (m, _), label in labels.items()}
     return _summary(runs, floor, by_label, models, list(threads), dtype, repetitions)
+
+
+def _floor_run(models: tuple[Path, Path, Path], work: Path, threads: int) -> Run:
+    out = work / "floor"
+    shutil.rmtree(out, ignore_errors=True)
+    run = run_measured(floor_command(models, out), _env(threads))
+    shutil.rmtree(out)
+    return run
+
+
+def _command(tool: str, recipe: Path, out: Path, threads: int) -> list[str]:
+    if tool == MERGEKIT:
+        return tool_commands(recipe, out.parent, threads)[MERGEKIT]
+    return evomerge_command(recipe, out, threads)
 
 
 def _summary(
@@ -261,9 +340,15 @@ def _summary(
     floor_s = statistics.median(r.wall_s for r in floor)
     methods = {}
     for method, by_tool in runs.items():
-        row = {tool: med(rs) for tool, rs in by_tool.items()}
-        evo, mk = row["evomerge"]["median_wall_s"], row["mergekit"]["median_wall_s"]
-        methods[method] = {**row, "speedup": mk / evo, "vs_floor": evo / floor_s, **diffs[method]}
+        row: dict[str, Any] = {tool: med(rs) for tool, rs in by_tool.items()}
+        mk = row[MERGEKIT]["median_wall_s"]
+        for tool in by_tool:
+            if tool != MERGEKIT:  # seconds / floor, and mergekit's seconds / these
+                row[tool] |= {"vs_floor": row[tool]["median_wall_s"] / floor_s}
+                row[tool] |= {"vs_mergekit": mk / row[tool]["median_wall_s"]}
+        first = next(iter(by_tool))
+        row |= {"speedup": row[first]["vs_mergekit"], "vs_floor": row[first]["vs_floor"]}
+        methods[method] = {**row, "mergekit_vs_floor": mk / floor_s, **diffs[method]}
     sizes = [sum(f.stat().st_size for f in m.glob("*.safetensors")) for m in models]
     return {
         "inputs": [str(m) for m in models],

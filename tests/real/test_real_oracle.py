@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file
 
 from evomerge.merge import MergeOptions, merge_to_disk
-from evomerge.merge.stages import load_stages, merge_stages_to_disk
+from evomerge.merge.multistage import load_stages, merge_stages_to_disk
 from evomerge.recipe import load_recipe
 
 mergekit_merge = pytest.importorskip("mergekit.merge")

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from evomerge.errors import RecipeError, preview
+from evomerge.merge.selection import Selection
 
 Tensor = torch.Tensor
 REQUIRED = object()
@@ -38,13 +39,15 @@ class MergeArgs:
     per_model[name][i] belongs to tensors[i]; `generators` (seeded methods only) gives one
     random source per non-base input, seeded from the random seed and the tensor name.
     `task_vectors`, when given, are tensors[i] - base, precomputed (methods on task vectors
-    use them instead of `tensors`).
+    use them instead of `tensors`). `selection` breaks ties where a method selects by
+    magnitude, rank or variance (merge/selection.py; by default as mergekit does).
     """
 
     per_model: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     shared: Mapping[str, Any] = field(default_factory=dict)
     generators: Sequence[Any] = ()
     task_vectors: Sequence[TaskVector] = ()
+    selection: Selection = field(default_factory=Selection)
 
 
 MethodFn = Callable[[Sequence[Tensor], Tensor | None, MergeArgs], Tensor]

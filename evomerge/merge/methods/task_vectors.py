@@ -11,8 +11,10 @@ from collections.abc import Sequence
 import torch
 
 from evomerge.merge import sparsify
+from evomerge.merge.blocks import map_blocks
 from evomerge.merge.drops import CounterDraws
 from evomerge.merge.methods.base import MergeArgs, Tensor
+from evomerge.merge.selection import Selection, top_variance
 
 
 def _task_arithmetic(
@@ -33,6 +35,30 @@ def _task_arithmetic(
     """
     if base is None:
         raise ValueError("task arithmetic needs a base tensor")  # the planner guarantees one
+    deltas = _sparse_deltas(tensors, base, args, sparsifier)
+    weights = torch.tensor(args.per_model["weight"], dtype=deltas.dtype, device=deltas.device)
+    weights = weights.reshape(-1, *([1] * base.dim()))  # (N, 1, ..., 1)
+    deltas.mul_(weights)
+    normalize = bool(args.shared["normalize"])
+    if consensus:
+        mixed = _elected_sum(deltas, weights, normalize)
+        del deltas
+    else:
+        mixed = _sum_rows(deltas)
+        del deltas
+        if normalize:
+            total = weights.sum(dim=0)
+            total[total.abs() < 1e-8] = 1
+            mixed /= total
+    if args.shared["lambda"] != 1:
+        mixed *= args.shared["lambda"]
+    return mixed.add_(base)  # = base + mixed, without one more tensor of memory
+
+
+def _sparse_deltas(
+    tensors: Sequence[Tensor], base: Tensor, args: MergeArgs, sparsifier: str | None
+) -> Tensor:
+    """(N, *shape) task vectors, each sparsified in place as the method says."""
     rescale = bool(args.shared["rescale"])
     n = len(args.task_vectors) or len(tensors)
     deltas = base.new_empty((n, *base.shape))  # (N, *shape), filled row by row
@@ -47,7 +73,14 @@ def _task_arithmetic(
         density = float(args.per_model["density"][i]) if sparsifier else 1.0
         if sparsifier == "della":
             epsilon = float(args.per_model["epsilon"][i])
-            della_prune_(deltas[i], density, epsilon, rescale=rescale, generator=generator)
+            della_prune_(
+                deltas[i],
+                density,
+                epsilon,
+                rescale=rescale,
+                generator=generator,
+                selection=args.selection,
+            )
         elif sparsifier is not None:
             sparsify.sparsify_(
                 sparsifier,
@@ -57,43 +90,50 @@ def _task_arithmetic(
                 rescale=rescale,
                 generator=generator,
                 l1=l1,
+                selection=args.selection,
             )
-    weights = torch.tensor(args.per_model["weight"], dtype=deltas.dtype, device=deltas.device)
-    weights = weights.reshape(-1, *([1] * base.dim()))  # (N, 1, ..., 1)
-    deltas.mul_(weights)
-    normalize = bool(args.shared["normalize"])
-    if consensus and not normalize:
-        # Sum of the entries agreeing with the elected sign s = sign(sum), ties electing +:
-        # s * sum(max(s * delta, 0)). Equal to masking by sign_agreement, in three passes
-        # over the (N, *shape) deltas instead of six (the search's default path). s in float
-        # arithmetic, sign(sign(sum) + 1/2): torch.where on a bool tensor is 10-40x slower.
-        elected = _sum_rows(deltas).sign_().add_(0.5).sign_()
-        mixed = _sum_rows(deltas.mul_(elected).clamp_(min=0)).mul_(elected)
-        del elected, deltas
-    elif consensus:
-        # As above, plus the agreement itself, sign(max(s * delta, 0)) in {0, 1}: the
-        # divisor is the sum of the agreeing weights (1 where none agrees), all in float
-        # arithmetic (equal to masking by sign_agreement; bool kernels are much slower).
-        elected = _sum_rows(deltas).sign_().add_(0.5).sign_()
-        kept = deltas.mul_(elected).clamp_(min=0)
-        mixed = _sum_rows(kept).mul_(elected)
-        del elected
-        divisor = torch.zeros_like(mixed)
-        for w, row in zip(weights.reshape(-1).tolist(), kept.sign_(), strict=True):
-            divisor.add_(row, alpha=w)
-        del kept, deltas
-        divisor.add_(divisor.abs().sign_().neg_().add_(1))  # 0 -> 1, the rest unchanged
-        mixed /= divisor
-    else:
-        mixed = _sum_rows(deltas)
-        del deltas
-        if normalize:
-            total = weights.sum(dim=0)
-            total[total.abs() < 1e-8] = 1
-            mixed /= total
-    if args.shared["lambda"] != 1:
-        mixed *= args.shared["lambda"]
-    return mixed.add_(base)  # = base + mixed, without one more tensor of memory
+    return deltas
+
+
+def _elected_sum(deltas: Tensor, weights: Tensor, normalize: bool) -> Tensor:
+    """TIES' merge of weighted (N, *shape) deltas (overwritten): the sum of the entries that
+    agree with the elected sign s = sign(sum), ties electing +; with `normalize`, divided by
+    the sum of the agreeing weights (1 where none agrees). Entry-wise, so on CPU it runs on
+    column blocks that stay in cache, spread over threads (blocks.py)."""
+    flat = deltas.view(deltas.shape[0], -1)
+    mixed = torch.empty(flat.shape[1], dtype=deltas.dtype, device=deltas.device)
+    width = _ELECTION_BLOCK if deltas.device.type == "cpu" else max(1, flat.shape[1])
+    alphas = weights.reshape(-1).tolist()
+
+    def elect(i: int) -> None:
+        columns = slice(i * width, (i + 1) * width)
+        _elect_block(flat[:, columns], mixed[columns], alphas if normalize else None)
+
+    map_blocks(-(-flat.shape[1] // width), elect, deltas.device)
+    return mixed.view(deltas.shape[1:])
+
+
+# Entries per row of one election block: N rows of 128 KB of float32 stay in L2.
+_ELECTION_BLOCK = 1 << 15
+
+
+def _elect_block(deltas: Tensor, out: Tensor, alphas: list[float] | None) -> None:
+    """_elected_sum of one (N, B) block into `out`; `alphas`: the weights, to normalize."""
+    # s * sum(max(s * delta, 0)): equal to masking by sign_agreement, in three passes over
+    # the deltas instead of six. s in float arithmetic, sign(sign(sum) + 1/2): torch.where
+    # on a bool tensor is 10-40x slower.
+    elected = _sum_rows(deltas).sign_().add_(0.5).sign_()
+    kept = deltas.mul_(elected).clamp_(min=0)
+    torch.mul(_sum_rows(kept), elected, out=out)
+    if alphas is None:
+        return
+    # the agreement itself, sign(max(s * delta, 0)) in {0, 1}, weighs the divisor (float
+    # arithmetic; bool kernels are much slower)
+    divisor = torch.zeros_like(out)
+    for w, row in zip(alphas, kept.sign_(), strict=True):
+        divisor.add_(row, alpha=w)
+    divisor.add_(divisor.abs().sign_().neg_().add_(1))  # 0 -> 1, the rest unchanged
+    out /= divisor
 
 
 def _sum_rows(stacked: Tensor) -> Tensor:
@@ -119,12 +159,14 @@ def della_prune_(
     *,
     rescale: bool,
     generator: torch.Generator | sparsify.RandomDraws | CounterDraws | None,
+    selection: Selection | None = None,
 ) -> None:
     """In place: DELLA's MagPrune. Keep probability density - eps + 2 eps r, r in [0, 1].
 
     r is the entry's magnitude rank within its row (dimension 1; a vector is one row), scaled
     to [0, 1], so the mean keep probability is `density`. With `rescale`, survivors restore
     the task vector's L1 norm (mergekit's rule; the paper divides by each keep probability).
+    Equal magnitudes are ranked by `selection` (selection.py; None: the threshold rule).
     """
     if density >= 1:
         return
@@ -132,10 +174,7 @@ def della_prune_(
         delta.zero_()
         return
     rows = delta if delta.dim() >= 2 else delta.unsqueeze(0)
-    ranks = torch.empty_like(rows)
-    order = torch.argsort(rows.abs(), dim=1)
-    positions = torch.arange(rows.shape[1], dtype=rows.dtype, device=rows.device)
-    ranks.scatter_(1, order, positions.view(1, -1, *([1] * (rows.dim() - 2))).expand_as(order))
+    ranks = magnitude_ranks(rows, selection)
     n = rows.shape[1]
     # A one-entry row has no rank spread (mergekit: 0/0): it keeps with probability `density`.
     scaled = (ranks / (n - 1)).clamp(0, 1) if n > 1 else torch.full_like(ranks, 0.5)
@@ -147,6 +186,18 @@ def della_prune_(
         after = rows.abs().sum()
         if before >= 1e-7 and after >= 1e-7:
             rows.mul_(before / after)
+
+
+def magnitude_ranks(rows: Tensor, selection: Selection | None) -> Tensor:
+    """Each entry's rank 0..n-1 by |rows| along dimension 1 (DELLA), in the rows' dtype;
+    equal magnitudes ranked by `selection` (None: the threshold rule)."""
+    ranks = torch.empty_like(rows)
+    keys = selection.keys(rows, as_float=False) if selection is not None else rows.abs()
+    order = torch.argsort(keys, dim=1)
+    del keys
+    positions = torch.arange(rows.shape[1], dtype=rows.dtype, device=rows.device)
+    ranks.scatter_(1, order, positions.view(1, -1, *([1] * (rows.dim() - 2))).expand_as(order))
+    return ranks
 
 
 def uniform_draws(
@@ -199,7 +250,7 @@ def sce(tensors: Sequence[Tensor], base: Tensor | None, args: MergeArgs) -> Tens
     deltas = torch.stack([x - base for x in tensors])  # (N, *shape)
     select = float(args.shared["select_topk"])
     if select < 1:
-        deltas *= _top_variance_mask(deltas, select)
+        deltas *= _top_variance_mask(deltas, select, args.selection)
     agree = sign_agreement(deltas)
     energy = deltas.square().reshape(len(tensors), -1).mean(dim=1)  # (N,)
     total = energy.sum().item()
@@ -209,10 +260,17 @@ def sce(tensors: Sequence[Tensor], base: Tensor | None, args: MergeArgs) -> Tens
     return base + mixed
 
 
-def _top_variance_mask(deltas: Tensor, share: float) -> Tensor:
-    """The `share` of entries (of those with nonzero variance) where the models vary most."""
+def _top_variance_mask(deltas: Tensor, share: float, selection: Selection) -> Tensor:
+    """The `share` of entries (of those with nonzero variance) where the models vary most;
+    the mergekit rule takes mergekit's variance (of deltas in its dtype) and its topk."""
     if share <= 0:
         return torch.zeros_like(deltas[0])
+    if selection.exact:
+        narrow = deltas.to(selection.dtype) if selection.dtype is not None else deltas
+        variance = torch.var(narrow, dim=0, unbiased=False)
+        del narrow
+        k = int(int(torch.count_nonzero(variance)) * share)
+        return top_variance(variance, k).to(deltas.dtype)
     variance = torch.var(deltas, dim=0, unbiased=False)
     k = int(int(torch.count_nonzero(variance)) * share)
     return sparsify.largest_mask(variance, k).to(deltas.dtype)
