@@ -5,7 +5,8 @@ where a model goes (`model:`, `base_model:`, `tokenizer_source:`). Stages run in
 order (file order among independent ones). The final result is the unnamed document if there
 is one (at most one), else the last stage; the others are intermediates, written to a
 temporary directory beside OUT_DIR and removed at the end unless `keep` names a directory
-for them (`<keep>/<name>`). This is how a PS+DFS result exports as one file: the PS merge,
+for them (`<keep>/<name>`, each new; a run that fails removes the ones it kept, so the same
+command can run again). This is how a PS+DFS result exports as one file: the PS merge,
 then the layer path over it.
 """
 
