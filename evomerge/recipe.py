@@ -137,11 +137,6 @@ _TOP_KEYS = (
 )
 DROP_SCHEMES = ("torch_cpu", "counter")  # merge/drops.py
 TIE_RULES = ("mergekit", "threshold")  # merge/selection.py
-# A slice's input_scale is folded into the weights (the residual writers are divided by the
-# product of the scales so far): the paper's scales lie in [0.5, 2]; one of 1e300 turns the
-# weights to zero (or, as 1e-200, to inf). Each stays in [1/MAX_INPUT_SCALE, MAX_INPUT_SCALE]
-# (their product: merge/recipe_checks.py).
-MAX_INPUT_SCALE = 1e6
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 # mergekit keys we accept and ignore (documented in the README): they do not change tensors.
 _IGNORED_TOP_KEYS = ("name", "chat_template")
@@ -277,12 +272,8 @@ def _optional_scale(value: Any, path: str) -> float | None:
     if value is None:
         return None
     value = _parse_scalar(value, path)
-    low, high = 1 / MAX_INPUT_SCALE, MAX_INPUT_SCALE
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise RecipeError(
-            f"{path}: must be a positive number in [{low:g}, {high:g}] (MAX_INPUT_SCALE), "
-            f"got {preview(value)}"
-        )
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise RecipeError(f"{path}: must be a positive number, got {preview(value)}")
     return float(value)
 
 

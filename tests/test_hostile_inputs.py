@@ -400,6 +400,8 @@ def test_stale_staging_directories_are_removed_and_live_ones_kept(models, tmp_pa
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")  # its merge was killed: no lock
     (stale / MARKER).write_bytes(MARKER_TEXT)  # a merge's, not a user's
+    unmarked = tmp_path / ".out.killedbeforemarking.partial"  # empty: a merge's, killed early
+    unmarked.mkdir()
     users = tmp_path / ".out.mine.partial"  # named alike, but without the marker: not ours
     users.mkdir()
     (users / "notes.txt").write_text("my own files")
@@ -408,7 +410,7 @@ def test_stale_staging_directories_are_removed_and_live_ones_kept(models, tmp_pa
     fd = os.open(live, os.O_RDONLY | os.O_DIRECTORY)  # another open file: another owner
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        assert remove_stale(tmp_path, "out") == [stale]
+        assert sorted(remove_stale(tmp_path, "out")) == [stale, unmarked]
         merge_to_disk(load_recipe(linear(models["base"], models["a"])), out)
         assert live.exists() and not stale.exists()
     finally:

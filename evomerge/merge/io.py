@@ -10,6 +10,7 @@ with allow_pickle, through torch.load(weights_only=True, mmap=True).
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import re
@@ -295,12 +296,8 @@ class ShardedWriter:
         if (name, tuple(tensor.shape), tensor.dtype) != entry:
             got = (name, tuple(tensor.shape), tensor.dtype)
             raise MergeError(f"writer: expected tensor {entry}, got {got}")
-        if not is_finite(tensor):
-            raise MergeError(
-                f"{name}: the merged tensor holds inf or NaN; refused (a parameter such as "
-                "lambda, scale, weight or an adapter's lora_alpha overflows, or a source holds "
-                "non-finite values)"
-            )
+        if not is_finite(tensor):  # e.g. lambda, scale, weight or lora_alpha of 1e308
+            raise MergeError(f"{name}: the merged tensor holds inf or NaN (a parameter overflows?)")
         shard = self._shard_of(self._written)
         if self._shards[shard][0] is entry:
             self._open(shard)
@@ -343,9 +340,8 @@ class ShardedWriter:
 
 
 def is_finite(tensor: torch.Tensor) -> bool:
-    """Whether every entry is finite. A sum is finite only when every entry is (inf and NaN
-    propagate), so one reduction settles the usual case; float16 accumulates in float32 (its
-    sums of ordinary weights overflow at 65504)."""
+    """Whether every entry is finite: one sum settles the usual case (inf and NaN propagate;
+    float16 sums accumulate in float32, as theirs overflow at 65504)."""
     if not tensor.is_floating_point():
         return True
     total = tensor.sum(dtype=torch.float32) if tensor.dtype == torch.float16 else tensor.sum()
@@ -357,10 +353,7 @@ _DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 
 
 def _nbytes(entry: TensorLayout) -> int:
-    n = 1
-    for d in entry[1]:
-        n *= d
-    return n * entry[2].itemsize
+    return math.prod(entry[1]) * entry[2].itemsize
 
 
 def _assign_shards(layout: Sequence[TensorLayout], shard_size: int) -> list[list[TensorLayout]]:

@@ -5,7 +5,8 @@ where a model goes (`model:`, `base_model:`, `tokenizer_source:`). Stages run in
 order (file order among independent ones). The final result is the unnamed document if there
 is one (at most one), else the last stage; the others are intermediates, written to a
 temporary directory beside OUT_DIR and removed at the end unless `keep` names a directory
-for them (`<keep>/<name>`). This is how a PS+DFS result exports as one file: the PS merge,
+for them (`<keep>/<name>`, each new; a run that fails removes the ones it kept, so the same
+command can run again). This is how a PS+DFS result exports as one file: the PS merge,
 then the layer path over it.
 """
 
@@ -21,9 +22,13 @@ from typing import Any
 
 from evomerge.errors import MergeError, RecipeError, preview
 from evomerge.merge.card import render_card
+from evomerge.merge.confine import ModelRoot
 from evomerge.merge.execute import MergeOptions, merge_to_disk
+from evomerge.merge.io import resolve_model_dir
+from evomerge.merge.lora import split_adapter
 from evomerge.merge.out_dir import Staging, check_out_dir, make_parents, remove_made
 from evomerge.merge.recipe_checks import check_recipe
+from evomerge.merge.vocabulary import TOKENIZER_FILES, tokenizer_spec
 from evomerge.recipe import Recipe, dump_recipe, parse_recipe
 from evomerge.yaml_limits import load_yaml, read_source
 
@@ -31,6 +36,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # The most stages one recipe file may hold: mergekit-multi recipes have a handful, and each stage
 # writes a whole model to disk; the dependency walk recurses once per stage of a chain.
 MAX_STAGES = 100
+SOURCES = ("union", "base")  # tokenizer sources that name no model
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,8 @@ def merge_stages_to_disk(
     _check_names(stages)
     order = stage_order(stages)
     kept = _check_keep(keep, out, [s.name for s in order[:-1] if s.name is not None])
+    for stage in order:
+        _check_tokenizer_files(stage.recipe, {s.name for s in order})
     written: list[Path] = []  # kept intermediates this run wrote: removed if it fails
     made = make_parents(kept / "x") if kept is not None else []
     try:
@@ -129,6 +137,20 @@ def merge_stages_to_disk(
             shutil.rmtree(path, ignore_errors=True)  # a rerun finds the places free again
         remove_made(made)
         raise
+
+
+def _check_tokenizer_files(recipe: Recipe, stage_names: set[str | None]) -> None:
+    """Before any stage runs: the tokenizer files of the models a stage builds its vocabulary
+    from resolve inside those models (else a later stage is refused after earlier ones ran)."""
+    spec = tokenizer_spec(recipe)
+    if spec is None:
+        return
+    refs = [*recipe.referenced_models(), spec.source]
+    for ref in dict.fromkeys(r for r in refs if r not in stage_names and r not in SOURCES):
+        root = ModelRoot.of(resolve_model_dir(split_adapter(ref)[0]))
+        for name in TOKENIZER_FILES:
+            if root.exists(name):
+                root.resolve(name)
 
 
 def _check_keep(keep: str | Path | None, out: Path, names: Sequence[str]) -> Path | None:

@@ -4,13 +4,14 @@ it, and moved into place complete, or not at all.
 The merge holds an exclusive flock on its staging directory for as long as it lives, and marks
 the directory as a merge's (MARKER). The kernel drops the lock when the process ends, however it
 ends (SIGKILL included), so a later merge into the same place that can take the lock on a
-leftover directory that carries the marker knows that its owner is dead, and removes it (holding
-the lock), saying so; a live merge's directory, and a directory named alike that lacks the
-marker (a user's own), are never touched. A new directory is unlocked for an instant after its
-creation: a merge whose new directory was taken for a leftover in that instant finds it locked
-or deleted once it holds the lock, and makes another. At the end the files and the directory
-are fsynced, then renamed to OUT_DIR in one step, then the parent is fsynced, so a power cut
-leaves either no OUT_DIR or a complete one. A merge that fails removes its staging directory
+leftover directory that carries the marker (or is empty but for it: killed before marking it)
+knows that its owner is dead, and removes it (holding the lock), saying so; a live merge's
+directory, and a directory named alike that holds files but no marker (a user's own), are never
+touched. A new directory is unlocked for an instant after its creation: a merge whose new
+directory was taken for a leftover in that instant finds it locked or deleted once it holds the
+lock, and makes another. At the end the files and the directory are fsynced, then renamed to
+OUT_DIR in one step, then the parent is fsynced, so a power cut leaves either no OUT_DIR or a
+complete one. A merge that fails removes its staging directory
 and the parent directories it made for OUT_DIR (each only while empty)."""
 
 from __future__ import annotations
@@ -198,12 +199,19 @@ def _remove_if_dead(path: Path) -> bool:
         os.close(fd)
         return False  # its merge is alive
     try:
-        if not _has_marker(fd):
-            return False  # not a merge's: never ours to remove
+        if not _is_a_merges(fd):
+            return False  # a user's own files: never ours to remove
         shutil.rmtree(path, ignore_errors=True)
     finally:
         os.close(fd)  # drops the lock
     return True
+
+
+def _is_a_merges(directory_fd: int) -> bool:
+    """Whether the directory is a merge's: it carries the marker, or holds nothing but (part
+    of) it, as when its merge was killed between making it and marking it."""
+    entries = os.listdir(directory_fd)
+    return set(entries) <= {MARKER} or _has_marker(directory_fd)
 
 
 def _has_marker(directory_fd: int) -> bool:

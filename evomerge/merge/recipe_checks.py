@@ -14,9 +14,13 @@ from evomerge.merge.methods.registry import get_method
 from evomerge.model_ref import MAX_LAYERS
 from evomerge.recipe import Condition, Parameters, ParameterValue, Recipe, SliceSpec
 
-# The running product of the input scales (the residual writers of a layer are divided by it):
-# weights of magnitude 1e-4..10 divided by a product in [1e-30, 1e30] stay normal float32 and
+# A slice's input_scale is folded into the weights: the residual writers of a layer are divided
+# by the product of the scales up to it. The paper's scales lie in [0.5, 2]; one of 1e300 turns
+# the weights to zero (1e-200: to inf, or a division by zero). Each scale stays in
+# [1/MAX_INPUT_SCALE, MAX_INPUT_SCALE] and the product in [1/MAX_SCALE_PRODUCT,
+# MAX_SCALE_PRODUCT], where weights of magnitude 1e-4..10 divided by it stay normal float32 and
 # bfloat16 numbers (1e+-38).
+MAX_INPUT_SCALE = 1e6
 MAX_SCALE_PRODUCT = 1e30
 
 
@@ -76,7 +80,13 @@ def _check_slices(slices: Sequence[SliceSpec]) -> None:
         )
     product = 1.0
     for i, s in enumerate(slices):
-        product *= s.input_scale or 1.0
+        scale = 1.0 if s.input_scale is None else s.input_scale
+        if not 1 / MAX_INPUT_SCALE <= scale <= MAX_INPUT_SCALE:
+            raise RecipeError(
+                f"slices[{i}].input_scale: must be a positive number in "
+                f"[{1 / MAX_INPUT_SCALE:g}, {MAX_INPUT_SCALE:g}] (MAX_INPUT_SCALE), got {scale:g}"
+            )
+        product *= scale
         if not 1 / MAX_SCALE_PRODUCT <= product <= MAX_SCALE_PRODUCT:
             raise RecipeError(
                 f"slices[{i}].input_scale: the product of the input scales up to here is "

@@ -12,6 +12,7 @@ import pytest
 from evomerge.errors import MergeError
 from evomerge.merge import merge_to_disk
 from evomerge.merge.confine import ModelRoot
+from evomerge.merge.multistage import load_stages, merge_stages_to_disk
 from evomerge.recipe import load_recipe
 
 SECRET = "secret-4d1f: this line lives outside every model directory\n"
@@ -169,3 +170,18 @@ def test_deep_json_is_refused_when_read(tmp_path: Path, depth: int) -> None:
     (tmp_path / "config.json").write_text('{"a": ' * depth + "1" + "}" * depth)
     with pytest.raises(MergeError, match="nested deeper than 64 levels"):
         ModelRoot.of(tmp_path).read_json("config.json")
+
+
+def test_a_later_stages_tokenizer_outside_is_refused_before_any_stage_runs(
+    family: dict[str, Path], tmp_path: Path, secret: Path
+) -> None:
+    evil = copy_model(family["c"], tmp_path / "evil")
+    (evil / "tokenizer.json").unlink()
+    (evil / "tokenizer.json").symlink_to(secret)
+    overflow = linear(family["a"], family["b"], extra="parameters: {normalize: false}\n")
+    first = overflow.replace("weight: 0.5", "weight: 1.0e308")  # stage s1 would fail (NaN)
+    final = linear("s1", family["a"], extra=f"tokenizer_source: '{evil}'\n")
+    stages = load_stages(f"name: s1\n{first}---\n{final}")
+    with pytest.raises(MergeError, match=f"tokenizer.json: {OUTSIDE}"):
+        merge_stages_to_disk(stages, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil", "outside"]

@@ -60,7 +60,7 @@ slices:
     input_scale: {value}
 """
     with pytest.raises(RecipeError, match=rf"slices\[0\]\.input_scale: must be a {message}"):
-        load_recipe(text)
+        check_recipe(load_recipe(text))
 
 
 def test_the_product_of_input_scales_is_bounded() -> None:
