@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 
 from evomerge.config import compose, dump_config
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, UsageError, preview
 from evomerge.evaluate.tasks import check_task_names
 from evomerge.files import write_text_atomic
 from evomerge.search.config import SearchConfig, search_config
@@ -56,6 +56,11 @@ def split_print_flag(argv: Sequence[str]) -> tuple[list[str], bool]:
     while args:
         arg = args.pop(0)
         flag, eq, value = arg.partition("=")
+        if flag.startswith("-") and flag not in PRINT_CONFIG:
+            raise UsageError(
+                f"unknown option {preview(flag)}: search takes Hydra overrides key=value and "
+                "--cfg job (see `python -m evomerge search --help`)"
+            )
         if flag not in PRINT_CONFIG:
             overrides.append(arg)
             continue

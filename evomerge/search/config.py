@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.config import check_keys, typed, typed_pair
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, preview
 from evomerge.evaluate import EvalSettings, Objective
 from evomerge.evaluate.estimator import EstimatorSpec
 from evomerge.evaluate.objectives import Goal, Objectives, parse_objectives
@@ -157,7 +157,8 @@ class SearchConfig:
         return self.storage or f"sqlite:///{self.run_dir / 'study.db'}"
 
 
-TOP_KEYS = tuple(f for f in SearchConfig.__dataclass_fields__)
+TOP_KEYS = tuple(f for f in SearchConfig.__dataclass_fields__ if f != "fitness_meaning")
+SECTIONS = ("task", "models", "space", "optimizer", "evaluator", "estimator")  # mappings
 
 
 def search_config(cfg: dict[str, Any]) -> SearchConfig:
@@ -170,6 +171,10 @@ def search_config(cfg: dict[str, Any]) -> SearchConfig:
 
 def _search_config(cfg: dict[str, Any]) -> SearchConfig:
     check_keys("", cfg, TOP_KEYS)
+    for section in SECTIONS:
+        value = cfg[section] if section != "estimator" else cfg.get(section) or {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{section}: must be a mapping of settings, got {preview(value)}")
     run = typed(cfg["run"], str, "run")
     if not run or "/" in run or run.startswith("."):
         raise ConfigError(f"run: must be a plain directory name, got {run!r}")

@@ -6,7 +6,6 @@ genome.png (per-layer-group heatmap of the best genome's parameters) and report.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from collections.abc import Sequence
@@ -16,28 +15,20 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from evomerge.errors import SearchError
+from evomerge.cli_args import make_parser
 from evomerge.search.budget import FAILURE, counted
+from evomerge.search.config import DFSSpec, PSSpec
 from evomerge.search.estimation import RESCORED, WINNER
 from evomerge.search.front_plot import front_table, plot_front
 from evomerge.search.objectives import primary_value
+from evomerge.search.run_files import load_run_study, read_run
 from evomerge.search.study import best_trial
-from evomerge.yaml_limits import load_yaml, read_text_file
 
 
 def open_run(run_dir: Path) -> optuna.Study:
-    """The run's study, from the storage its config.yaml names (default: its study.db)."""
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise SearchError(f"{run_dir}: no config.yaml; not a search run directory")
-    cfg = load_yaml(read_text_file(config_path, what="run config"), str(config_path))
-    storage = cfg.get("storage") or f"sqlite:///{run_dir / 'study.db'}"
-    try:
-        return optuna.load_study(study_name=str(cfg["run"]), storage=storage)
-    except KeyError as e:
-        raise SearchError(
-            f"{run_dir}: the storage {storage!r} holds no study {cfg['run']!r}"
-        ) from e
+    """The run's study, from the storage its config.yaml names (default: its study.db), read
+    and checked as the search reads them; never creates a database."""
+    return load_run_study(read_run(run_dir))
 
 
 def candidate_seconds(trials: list[FrozenTrial]) -> float:
@@ -247,20 +238,20 @@ def summary_markdown(run_dir: Path, study: optuna.Study) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parameter_ranges(run_dir: Path) -> dict[str, tuple[float, float]]:
-    path = run_dir / "config.yaml"
-    space = load_yaml(read_text_file(path, what="run config"), str(path)).get("space") or {}
-    lo_w, hi_w = space.get("weight_range", (0.0, 1.0))
-    lo_d, hi_d = space.get("density_range", (0.0, 1.0))
-    return {"weight": (float(lo_w), float(hi_w)), "density": (float(lo_d), float(hi_d))}
+def parameter_ranges(space: PSSpec | DFSSpec) -> dict[str, tuple[float, float]]:
+    if not isinstance(space, PSSpec):
+        return {"weight": (0.0, 1.0), "density": (0.0, 1.0)}
+    return {"weight": space.weight_range, "density": space.density_range}
 
 
 def write_report(run_dir: Path) -> dict[str, Any]:
-    study = open_run(run_dir)
+    run = read_run(run_dir)
+    study = load_run_study(run)
     trials = study.get_trials(deepcopy=False)
     plot_history(trials, run_dir / "history.png")
     best = run_winner(study, trials)
-    rows = genome_table(best.params, parameter_ranges(run_dir)) if best is not None else None
+    ranges = parameter_ranges(run.cfg.space)
+    rows = genome_table(best.params, ranges) if best is not None else None
     if rows:
         plot_genome(rows, run_dir / "genome.png")
     if len(study.directions) > 1:
@@ -270,7 +261,7 @@ def write_report(run_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m evomerge report", description=__doc__)
+    p = make_parser("python -m evomerge report", __doc__)
     p.add_argument("run_dir", type=Path, help="a search run directory, e.g. results/<run>")
     args = p.parse_args(list(argv))
     out = write_report(args.run_dir)
