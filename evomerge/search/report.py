@@ -178,9 +178,24 @@ def summary_markdown(run_dir: Path, study: optuna.Study) -> str:
     trials = study.get_trials(deepcopy=False)
     best = run_winner(study, trials)
     lines = [f"# Search run `{run_dir.name}`", ""]
+    lines += timing_lines(trials)
+    lines += generation_cost(trials, study)
+    if best is not None:
+        lines += best_lines(study, trials, best)
+    lines += failure_lines(trials)
+    if len(study.directions) > 1:
+        lines += front_table(study)
+    lines += ["", "![history](history.png)"]
+    if (run_dir / "genome.png").is_file():
+        lines.append("![best genome](genome.png)")
+    return "\n".join(lines) + "\n"
+
+
+def timing_lines(trials: list[FrozenTrial]) -> list[str]:
+    """Candidates counted, the median seconds of each step, the share outside generation."""
     n_done = sum(t.state == TrialState.COMPLETE for t in trials)
     n_failed = sum(FAILURE in t.user_attrs for t in trials)
-    lines += [
+    lines = [
         f"- candidates: {sum(counted(t) for t in trials)} ({n_done} scored, {n_failed} failed)"
     ]
     for key in ("merge_s", "swap_s", "eval_s", "generate_s"):
@@ -194,48 +209,48 @@ def summary_markdown(run_dir: Path, study: optuna.Study) -> str:
         lines.append(
             f"- time outside generation/scoring (merge, swap, lm-eval bookkeeping): {share:.1%}"
         )
-    lines += generation_cost(trials, study)
-    if best is not None:
-        value = primary_value(best) or 0.0
-        told = f"fitness {value:.4f}"
-        if best.user_attrs.get("estimated"):
-            full = (study.user_attrs.get(WINNER) or {}).get("fitness")
-            told = (
-                f"estimated {told}"
-                if full is None
-                else f"fitness {full:.4f} on the full split (estimate {value:.4f})"
-            )
-        lines += [f"- best: trial {best.number}, {told}"]
-        test = study.user_attrs.get("test_results") or {}
-        if test.get("trial") == best.number:
-            lines.append(f"- best on the held-out test tasks: `{json.dumps(test['results'])}`")
-        top = sorted(
-            (t for t in trials if t.state == TrialState.COMPLETE),
-            key=lambda t: -(primary_value(t) or 0),
-        )[:5]
-        lines += ["", "| trial | fitness | metrics |", "|---|---|---|"]
-        lines += [
-            f"| {t.number} | {primary_value(t) or 0.0:.4f} | "
-            f"`{json.dumps(t.user_attrs.get('metrics'))}` |"
-            for t in top
-        ]
+    return lines
+
+
+def best_lines(study: optuna.Study, trials: list[FrozenTrial], best: FrozenTrial) -> list[str]:
+    """The winner (with its full-split fitness where it was estimated), its held-out test
+    scores, and the top five candidates."""
+    value = primary_value(best) or 0.0
+    told = f"fitness {value:.4f}"
+    if best.user_attrs.get("estimated"):
+        full = (study.user_attrs.get(WINNER) or {}).get("fitness")
+        told = (
+            f"estimated {told}"
+            if full is None
+            else f"fitness {full:.4f} on the full split (estimate {value:.4f})"
+        )
+    lines = [f"- best: trial {best.number}, {told}"]
+    test = study.user_attrs.get("test_results") or {}
+    if test.get("trial") == best.number:
+        lines.append(f"- best on the held-out test tasks: `{json.dumps(test['results'])}`")
+    top = sorted(
+        (t for t in trials if t.state == TrialState.COMPLETE),
+        key=lambda t: -(primary_value(t) or 0),
+    )[:5]
+    lines += ["", "| trial | fitness | metrics |", "|---|---|---|"]
+    lines += [
+        f"| {t.number} | {primary_value(t) or 0.0:.4f} | "
+        f"`{json.dumps(t.user_attrs.get('metrics'))}` |"
+        for t in top
+    ]
+    return lines
+
+
+def failure_lines(trials: list[FrozenTrial]) -> list[str]:
     failures: dict[str, int] = {}
     for t in trials:
         if FAILURE in t.user_attrs:
             reason = str(t.user_attrs[FAILURE]).split(":")[0]
             failures[reason] = failures.get(reason, 0) + 1
-    if failures:
-        lines += [
-            "",
-            "Failed candidates by reason: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())),
-        ]
-    if len(study.directions) > 1:
-        lines += front_table(study)
-    lines += ["", "![history](history.png)"]
-    if (run_dir / "genome.png").is_file():
-        lines.append("![best genome](genome.png)")
-    return "\n".join(lines) + "\n"
+    if not failures:
+        return []
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(failures.items()))
+    return ["", f"Failed candidates by reason: {counts}"]
 
 
 def parameter_ranges(space: PSSpec | DFSSpec) -> dict[str, tuple[float, float]]:

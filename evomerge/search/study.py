@@ -35,28 +35,7 @@ UNSET = "(unset)"  # a fitness setting one of the two configs does not have
 
 def open_study(cfg: SearchConfig, space: GenomeSpace) -> optuna.Study:
     """Create or resume the run's study; refuse to resume one from a different space."""
-    engine: dict[str, Any] = {}
-    if cfg.storage is None:
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)  # the default study file lives there
-    if cfg.storage_url.startswith("sqlite"):
-        engine = {"connect_args": {"timeout": 120}}  # several local workers may write at once
-        if cfg.sqlite_wal:
-            use_sqlite_wal(cfg.storage_url)
-    for attempt in range(1, OPEN_ATTEMPTS + 1):
-        try:
-            storage = heartbeat_storage(
-                sqlalchemy_url(cfg.storage_url),
-                engine,
-                heartbeat_s=cfg.heartbeat_s,
-                max_retry=cfg.max_retry,
-            )
-            break
-        except Exception as e:
-            # Workers started together on an empty PostgreSQL database race to create Optuna's
-            # tables: the losers fail once with a duplicate-type error; the tables exist then.
-            if attempt == OPEN_ATTEMPTS:
-                raise SearchError(f"storage: cannot open {cfg.storage_url!r}: {e}") from e
-            time.sleep(0.2 * attempt)
+    storage = open_storage(cfg)
     sampler = make_sampler(cfg.optimizer, space, cfg.seed)
     try:
         # Workers started together race to create the study; the storage lets exactly one
@@ -91,6 +70,34 @@ def open_study(cfg: SearchConfig, space: GenomeSpace) -> optuna.Study:
         if not seeded(study):
             seed_first_candidates(study, cfg, space)
     return study
+
+
+def open_storage(cfg: SearchConfig) -> Any:
+    """The run's storage with a heartbeat, retried while workers started together race to
+    create Optuna's tables."""
+    engine: dict[str, Any] = {}
+    if cfg.storage is None:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)  # the default study file lives there
+    if cfg.storage_url.startswith("sqlite"):
+        engine = {"connect_args": {"timeout": 120}}  # several local workers may write at once
+        if cfg.sqlite_wal:
+            use_sqlite_wal(cfg.storage_url)
+    attempt = 1
+    while True:
+        try:
+            return heartbeat_storage(
+                sqlalchemy_url(cfg.storage_url),
+                engine,
+                heartbeat_s=cfg.heartbeat_s,
+                max_retry=cfg.max_retry,
+            )
+        except Exception as e:
+            # Workers started together on an empty PostgreSQL database race to create Optuna's
+            # tables: the losers fail once with a duplicate-type error; the tables exist then.
+            if attempt == OPEN_ATTEMPTS:
+                raise SearchError(f"storage: cannot open {cfg.storage_url!r}: {e}") from e
+            time.sleep(0.2 * attempt)
+            attempt += 1
 
 
 @contextlib.contextmanager
