@@ -142,6 +142,20 @@ class PSSpace:
         )
 
     @property
+    def coordinates(self) -> tuple[tuple[str, str | None, str], ...]:
+        """(name, source model, parameter) of each coordinate in `names` order; the model is
+        None for a per-group global parameter."""
+        per_model = tuple(
+            (f"{g.name}.{m}.{p}", m, p)
+            for g in self.groups
+            for m in self.model_names
+            for p in self.parameter_names
+        )
+        return per_model + tuple(
+            (f"{g.name}.{p}", None, p) for g in self.groups for p in self.group_parameter_names
+        )
+
+    @property
     def dim(self) -> int:
         return len(self.names)
 
@@ -178,6 +192,15 @@ class PSSpace:
                 for n in self.names
             ]
         )
+
+
+def split_coordinate(name: str) -> tuple[str, str, str] | None:
+    """(group, model, parameter) of a coordinate name read back from a study, where no space
+    is at hand: `<group>.<model>.<parameter>` (the group may hold dots, `layers.0`); None for
+    a name with fewer parts. Per-group names (`<group>.<parameter>`) read as (group head,
+    group index, parameter): callers keep the parameters they know."""
+    parts = name.rsplit(".", 2)
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
 
 
 def decode(space: PSSpace, x: Sequence[float] | np.ndarray) -> Recipe:

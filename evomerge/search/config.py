@@ -83,6 +83,13 @@ class DFSSpec:
     ps_recipe: str | None = None
 
 
+# Candidates per generation where optimizer.population_size is null: the window of the budget
+# ledger, the first generation the estimator calibrates on, and the draws of estimator.redraw
+# (a CMA-ES generation of the toy's default space is 10: configs/optimizer/cmaes.yaml).
+GENERATION_DEFAULT = 10
+NSGA2_POPULATION_DEFAULT = 50  # NSGA-II's own population when it is null: Optuna's default
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
     name: str
@@ -94,6 +101,11 @@ class OptimizerSpec:
     n_startup_trials: int = 20
     crossover: str = "sbx"
     warm_start: tuple[dict[str, float], ...] = ()
+
+    @property
+    def generation_size(self) -> int:
+        """Candidates per generation (GENERATION_DEFAULT where population_size is null)."""
+        return self.population_size or GENERATION_DEFAULT
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:

@@ -69,7 +69,7 @@ class SearchRun:
     ledger: Ledger = field(init=False)
 
     def __post_init__(self) -> None:
-        self.ledger = Ledger(self.study, window=self.cfg.optimizer.population_size or 10)
+        self.ledger = Ledger(self.study, window=self.cfg.optimizer.generation_size)
         self.ledger.refresh()
 
 
@@ -91,7 +91,7 @@ def run_candidates(run: SearchRun, *, progress: bool = True) -> None:
 def make_estimation(cfg: SearchConfig, study: optuna.Study, scorer: CandidateScorer) -> Estimation:
     """The run's estimator; it calibrates on `estimator.fit_trials`, by default the first
     generation, or the grid (space.x0=grid: a spread of candidates)."""
-    first = study.user_attrs.get(GRID_SIZE) or cfg.optimizer.population_size or 10
+    first = study.user_attrs.get(GRID_SIZE) or cfg.optimizer.generation_size
     fit_trials = cfg.estimator.fit_trials or first
     return Estimation(cfg.estimator, cfg.task.objective, scorer, cfg.run_dir, fit_trials)
 
@@ -112,7 +112,7 @@ def objective(trial: optuna.Trial, run: SearchRun) -> float | list[float]:
     trial.set_user_attr("worker", run.worker)
     draw = None  # estimator.redraw=generation: the generation's draw of documents
     if run.cfg.estimator.redraw == "generation":
-        draw = generation_of(trial, run.cfg.optimizer.population_size or 10)
+        draw = generation_of(trial, run.cfg.optimizer.generation_size)
     try:  # merge -> evaluate (on the estimator's documents)
         est = run.estimation.score(recipe, trial.study, run.ledger.median(), draw)
     except (CandidateFailed, MergeError) as e:

@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.cli_args import make_parser
+from evomerge.genome.ps import split_coordinate
 from evomerge.search.budget import FAILURE, counted
 from evomerge.search.config import DFSSpec, PSSpec
 from evomerge.search.estimation import RESCORED, WINNER
@@ -87,11 +88,12 @@ def genome_table(
     {"<model> <parameter>": {group: (box value, parameter value)}}; None for other spaces."""
     rows: dict[str, dict[str, tuple[float, float]]] = {}
     for name, u in params.items():
-        parts = name.rsplit(".", 2)
-        if len(parts) != 3 or parts[2] not in ranges:
+        parts = split_coordinate(name)
+        if parts is None or parts[2] not in ranges:
             return None
-        lo, hi = ranges[parts[2]]
-        rows.setdefault(f"{parts[1]} {parts[2]}", {})[parts[0]] = (u, lo + u * (hi - lo))
+        group, model, parameter = parts
+        lo, hi = ranges[parameter]
+        rows.setdefault(f"{model} {parameter}", {})[group] = (u, lo + u * (hi - lo))
     return rows or None
 
 

@@ -49,10 +49,8 @@ def grid_points(space: RunSpace | GenomeSpace) -> list[dict[str, float]]:
     for ws, d in combos:
         per_model = dict(zip(ps.model_names, ws, strict=True))
         point = {}
-        for name in ps.names:
-            head, param = name.rsplit(".", 1)
-            model = head.rsplit(".", 1)[-1]
-            value = per_model.get(model, 1.0) if param == "weight" else d
+        for name, model, param in ps.coordinates:
+            value = per_model.get(model or "", 1.0) if param == "weight" else d
             low, high = ps.range_of(param)
             point[name] = float(np.clip((value - low) / (high - low), 0.0, 1.0))
         points.append(point)
