@@ -90,10 +90,10 @@ def main() -> None:
             goals = RunGoals(cfg.task.goals, {})
             run = SearchRun(space, NoGeneration(), goals, cfg, study)  # type: ignore[arg-type]
             t0 = time.perf_counter()
-            run_candidates(run, progress=False)
+            ledger = run_candidates(run, progress=False)
             wall = time.perf_counter() - t0
             secs = per_candidate(study)
-            ledger_s = seconds_of(run.ledger.refresh)
+            ledger_s = seconds_of(ledger.refresh)
             previous_s = seconds_of(lambda: previous_reads(study))
     first, last = statistics.mean(secs[:WINDOW]), statistics.mean(secs[-WINDOW:])
     record = {

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from optuna.trial import TrialState
 
-from evomerge.evaluate import evaluate, fitness, load_tasks
+from evomerge.evaluate import fitness, load_tasks
 from evomerge.search.config import search_config
 from evomerge.search.outputs import genome_recipe
 from evomerge.search.report import open_run
@@ -49,7 +49,7 @@ def main() -> None:
     scorer = make_scorer(cfg, space)
     recipe = genome_recipe(space, best)
     scorer.load(recipe)
-    fit = fitness(evaluate(scorer.backend, scorer.tasks).results, cfg.task.objective)
+    fit = fitness(scorer.generate().results, cfg.task.objective)
     tasks = load_tasks(cfg.task.test, cfg.evaluator, extra_paths=cfg.task.include)
     record = {
         "run": str(args.run),

@@ -22,6 +22,7 @@ from evomerge.recipe import Recipe, dump_recipe, load_recipe
 from evomerge.search.outputs import genome_recipe
 from evomerge.search.run_files import RunFiles, load_run_study, read_run, read_summary
 from evomerge.search.space import build_space
+from evomerge.search.trial_record import TrialRecord
 
 
 def export_run(
@@ -67,12 +68,13 @@ def trial_summary(t: FrozenTrial, summary: Mapping[str, Any]) -> dict[str, Any]:
     """The run's summary with trial `t`'s own scores (no held-out test: the run scored its
     best trial only)."""
     fitness = t.values[0] if len(t.values) == 1 else list(t.values)
+    rec = TrialRecord.of(t)
     rest = {k: v for k, v in summary.items() if k != "test_metrics"}
     return rest | {
         "exported_trial": t.number,
         "fitness": fitness,
-        "fitness_metrics": t.user_attrs.get("metrics"),
-        "fitness_estimated": bool(t.user_attrs.get("estimated")),  # from fewer documents
+        "fitness_metrics": rec.metrics,
+        "fitness_estimated": rec.estimated,  # from fewer documents
     }
 
 
@@ -85,7 +87,7 @@ def scored_trial(run: RunFiles, number: int) -> FrozenTrial:
         )
     t = found[0]
     if t.state != TrialState.COMPLETE:
-        reason = t.user_attrs.get("failure_reason", "")
+        reason = TrialRecord.of(t).failure or ""
         raise SearchError(
             f"--trial {number}: the trial is {t.state.name}{f' ({reason[:60]})' if reason else ''}"
             "; only scored (COMPLETE) trials export"

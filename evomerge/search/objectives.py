@@ -15,8 +15,8 @@ from evomerge.evaluate.objectives import Objectives, SourceScores
 from evomerge.model_ref import resolve_reference
 from evomerge.recipe import ModelSpec, Recipe
 from evomerge.search.config import SearchConfig
-from evomerge.search.pareto import OBJECTIVES
 from evomerge.search.scorer import CandidateScorer
+from evomerge.search.trial_record import TrialRecord, write_objectives
 
 SOURCE_SCORES = "source_scores"  # study user attr: {source: {task: {metric: value}}}
 OBJECTIVE_NAMES = "objective_names"  # study user attr: the objectives' names, in order
@@ -35,7 +35,7 @@ class RunGoals:
         values = self.objectives.values(results)
         names = self.objectives.names
         if len(values) > 1:
-            trial.set_user_attr(OBJECTIVES, dict(zip(names, values, strict=True)))
+            write_objectives(trial, dict(zip(names, values, strict=True)))
         for c, v in zip(
             self.objectives.constraints,
             self.objectives.violations(results, self.sources),
@@ -89,7 +89,7 @@ def primary_value(trial: optuna.trial.FrozenTrial) -> float | None:
 
 def describe(trial: optuna.trial.FrozenTrial) -> str:
     """`fitness 0.43` or `target 0.41, math_en 0.85, lang_ja 0.93` for file headers."""
-    named = trial.user_attrs.get(OBJECTIVES)
+    named = TrialRecord.of(trial).objectives
     if named:
         return ", ".join(f"{k} {v!r}" for k, v in named.items())
     value = primary_value(trial)

@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
-OBJECTIVES = "objectives"  # trial user attr: {objective name: value}
-
 Point = tuple[float, ...]
 
 

@@ -8,6 +8,7 @@ search; each candidate only swaps that list.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from torch import nn
@@ -22,6 +23,8 @@ from evomerge.evaluate import (
     load_tasks,
     make_backend,
 )
+from evomerge.evaluate.prepared import DocSubset, build_requests
+from evomerge.evaluate.runner import Evaluation
 from evomerge.genome import GenomeSpace
 from evomerge.merge import MergeOptions, SourceCache, merge_into_model
 from evomerge.merge.lora import split_adapter
@@ -91,13 +94,24 @@ class CandidateScorer:
             self.backend.set_model(self._paths.model)
         return t1 - t0, time.perf_counter() - t1
 
+    def generate(self, only: DocSubset | None = None) -> Evaluation:
+        """Evaluate the live model on the fitness tasks (with `only`: those documents)."""
+        return evaluate(self.backend, self.tasks, only=only)
+
+    def document_ids(self, names: Iterable[str]) -> dict[str, list[int]]:
+        """The document ids of the named fitness tasks (their requests built once)."""
+        build_requests(self.backend.lm, self.tasks, self.backend.settings)
+        return {name: [i for i, _ in self.tasks.docs[name]] for name in names}
+
     def score(self, recipe: Recipe) -> Scored:
+        """Load the candidate and generate every fitness document: its exact fitness."""
         merge_s, swap_s = self.load(recipe)
-        ev = evaluate(self.backend, self.tasks)
+        ev = self.generate()
         value = fitness(ev.results, self.objective)
         return Scored(value, ev.results, merge_s, swap_s, ev.seconds, ev.generate_seconds)
 
     def evaluate_on(self, recipe: Recipe, tasks: TaskSet) -> Results:
+        """The candidate's results on other tasks (the held-out test, the sources' scores)."""
         self.load(recipe)
         return evaluate(self.backend, tasks).results
 

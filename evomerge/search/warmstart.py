@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from evomerge.errors import ConfigError
 from evomerge.genome import GenomeSpace
 from evomerge.genome.ps import PSSpace
-from evomerge.search.run_space import RunSpace
+from evomerge.search.space import RunSpace
 
 GRID_X0 = "grid_x0"  # study user attr: the best grid point (name -> box value)
 GRID_SIZE = "grid_size"  # study user attr: how many of the first trials are grid points
@@ -60,8 +60,8 @@ def grid_points(space: RunSpace | GenomeSpace) -> list[dict[str, float]]:
 class GridStart:
     """The grid phase of one worker: which sampler to use before each candidate."""
 
-    def __init__(self, space: GenomeSpace, make: Callable[[np.ndarray], BaseSampler]) -> None:
-        self.space = space
+    def __init__(self, names: tuple[str, ...], make: Callable[[np.ndarray], BaseSampler]) -> None:
+        self.names = names
         self.make = make  # x0 -> the run's sampler
         self.done = False
 
@@ -84,7 +84,7 @@ class GridStart:
                 time.sleep(GRID_WAIT_S)
                 return False
             study.set_user_attr(GRID_X0, stored)
-        study.sampler = self.make(np.array([stored[n] for n in self.space.names]))
+        study.sampler = self.make(np.array([stored[n] for n in self.names]))
         self.done = True
         return True
 

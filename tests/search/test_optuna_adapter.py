@@ -23,11 +23,14 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 def private_names(source: str) -> set[str]:
-    """Private attributes a module reaches: `x._name` (x not self) and `getattr(x, "_name")`."""
+    """Private names a module reaches: `x._name`, `getattr(x, "_name")` and private modules
+    imported from."""
     found = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Attribute):
             found.add(node.attr)
+        elif isinstance(node, ast.ImportFrom):  # a private module: optuna.storages._heartbeat
+            found.update((node.module or "").split("."))
         elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "getattr":
             name = node.args[1] if len(node.args) > 1 else None
             if isinstance(name, ast.Constant) and isinstance(name.value, str):
@@ -136,7 +139,14 @@ def test_only_the_adapter_reaches_into_optuna() -> None:
 def test_the_guard_covers_every_private_name_the_adapter_uses() -> None:
     """The scan above looks for each of them; here they are named, so that a new reach in the
     adapter is a reviewed change to this list."""
-    assert {"_backend", "_get_trials", "_storage", "_study_id", "_trial_id"} == ADAPTER_PRIVATE
+    assert {
+        "_backend",
+        "_get_trials",
+        "_heartbeat",
+        "_storage",
+        "_study_id",
+        "_trial_id",
+    } == ADAPTER_PRIVATE
     for name in ADAPTER_PRIVATE:
         assert PRIVATE.search(f"study.{name}") and PRIVATE.search(f'getattr(s, "{name}")')
 
@@ -162,3 +172,19 @@ def test_trials_since_reads_new_and_open_trials_in_one_query(tmp_path: Path) -> 
     got = adapter.trials_since(s, ids[1], {ids[0]})
     assert sorted(adapter.trial_id(t) for t in got) == [ids[0], ids[2]]
     assert {adapter.trial_id(t): t.state for t in got}[ids[2]] == TrialState.COMPLETE
+
+
+def test_the_heartbeat_thread_beats_for_an_asked_trial(tmp_path: Path) -> None:
+    """The trial source asks and tells itself; the heartbeat Optuna's optimize() would run
+    comes from the adapter, and a stale trial is failed and retried as optimize() would."""
+    s = study(tmp_path)
+    trial = adapter.ask(s)
+    with adapter.heartbeat_thread(trial):
+        time.sleep(1.5)  # one beat interval
+        beating = adapter.trials_with_heartbeat(s, s.get_trials(deepcopy=False))
+    assert beating == {adapter.trial_id(trial)}
+    trial.suggest_float("x", 0.0, 1.0)
+    time.sleep(3.5)  # no beat since: past the grace period
+    adapter.fail_stale_trials(s)
+    failed, retry = s.get_trials(deepcopy=False)
+    assert failed.state == TrialState.FAIL and retry.state == TrialState.WAITING
