@@ -16,7 +16,7 @@ from evomerge.model_ref import resolve_reference
 from evomerge.recipe import ModelSpec, Recipe
 from evomerge.search.config import SearchConfig
 from evomerge.search.scorer import CandidateScorer
-from evomerge.search.trial_record import TrialRecord, write_objectives
+from evomerge.search.trial_record import write_objectives
 
 SOURCE_SCORES = "source_scores"  # study user attr: {source: {task: {metric: value}}}
 OBJECTIVE_NAMES = "objective_names"  # study user attr: the objectives' names, in order
@@ -80,22 +80,6 @@ def source_scores(
     if missing:
         study.set_user_attr(SOURCE_SCORES, stored)
     return stored
-
-
-def primary_value(trial: optuna.trial.FrozenTrial) -> float | None:
-    """The first objective's value (the fitness of a one-objective run); None if unscored."""
-    return None if not trial.values else float(trial.values[0])
-
-
-def describe(trial: optuna.trial.FrozenTrial) -> str:
-    """`fitness 0.43` or `target 0.41, math_en 0.85, lang_ja 0.93` for file headers."""
-    named = TrialRecord.of(trial).objectives
-    if named:
-        return ", ".join(f"{k} {v!r}" for k, v in named.items())
-    value = primary_value(trial)
-    if value is None:
-        raise SearchError(f"trial {trial.number} has no value")
-    return f"fitness {value!r}"
 
 
 def source_recipe(cfg: SearchConfig, name: str) -> Recipe:

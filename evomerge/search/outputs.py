@@ -23,10 +23,9 @@ from evomerge.search.budget import Ledger
 from evomerge.search.config import SearchConfig
 from evomerge.search.estimation import Estimation, rescored_items
 from evomerge.search.front import front_summary
-from evomerge.search.objectives import describe, primary_value
 from evomerge.search.scorer import CandidateScorer
 from evomerge.search.space import RunSpace
-from evomerge.search.trial_record import TrialRecord
+from evomerge.search.trial_record import TrialRecord, describe, primary_value
 
 
 def progress_bar(cfg: SearchConfig, done: int, enabled: bool) -> tqdm:

@@ -21,10 +21,9 @@ from evomerge.search.budget import counted
 from evomerge.search.config import DFSSpec, PSSpec
 from evomerge.search.estimation import RESCORED, WINNER
 from evomerge.search.front_plot import front_table, plot_front
-from evomerge.search.objectives import primary_value
 from evomerge.search.run_files import load_run_study, read_run
 from evomerge.search.study import best_trial
-from evomerge.search.trial_record import TIMES, TrialRecord
+from evomerge.search.trial_record import TIMES, TrialRecord, primary_value
 
 
 def open_run(run_dir: Path) -> optuna.Study:

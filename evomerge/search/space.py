@@ -35,7 +35,7 @@ from evomerge.model_ref import (
 )
 from evomerge.recipe import Recipe, dump_recipe, load_recipe
 from evomerge.search.config import DFSSpec, SearchConfig
-from evomerge.search.objectives import describe
+from evomerge.search.trial_record import describe
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from evomerge.search.optuna_adapter import (
 )
 from evomerge.search.pareto import chosen
 from evomerge.search.samplers import make_sampler
+from evomerge.search.space import RunSpace
 from evomerge.search.warmstart import GRID_SIZE, grid_points
 from evomerge.yaml_limits import load_yaml, read_text_file
 
@@ -179,7 +180,7 @@ def seed_first_candidates(study: optuna.Study, cfg: SearchConfig, space: GenomeS
     nothing."""
     points = []
     if getattr(cfg.space, "x0", "uniform") == "grid":  # the grid first; CMA-ES from its best
-        points.extend(grid_points(space))
+        points.extend(grid_points(space.genome if isinstance(space, RunSpace) else space))
         study.set_user_attr(GRID_SIZE, len(points))
     elif cfg.optimizer.sampler != "random":
         points.append(dict(zip(space.names, space.x0().tolist(), strict=True)))

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial
 
+from evomerge.errors import SearchError
+
 Results = dict[str, dict[str, float]]
 
 # The user attribute keys: the study's on-disk format (runs written before stay readable).
@@ -130,3 +132,19 @@ def write_objectives(trial: optuna.Trial, named: dict[str, float]) -> None:
 
 def write_surplus(trial: optuna.Trial) -> None:
     trial.set_user_attr(SURPLUS, True)
+
+
+def primary_value(trial: FrozenTrial) -> float | None:
+    """The first objective's value (the fitness of a one-objective run); None if unscored."""
+    return None if not trial.values else float(trial.values[0])
+
+
+def describe(trial: FrozenTrial) -> str:
+    """`fitness 0.43` or `target 0.41, math_en 0.85, lang_ja 0.93` for file headers."""
+    named = TrialRecord.of(trial).objectives
+    if named:
+        return ", ".join(f"{k} {v!r}" for k, v in named.items())
+    value = primary_value(trial)
+    if value is None:
+        raise SearchError(f"trial {trial.number} has no value")
+    return f"fitness {value!r}"

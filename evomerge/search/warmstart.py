@@ -24,7 +24,6 @@ from optuna.trial import TrialState
 from evomerge.errors import ConfigError
 from evomerge.genome import GenomeSpace
 from evomerge.genome.ps import PSSpace
-from evomerge.search.space import RunSpace
 
 GRID_X0 = "grid_x0"  # study user attr: the best grid point (name -> box value)
 GRID_SIZE = "grid_size"  # study user attr: how many of the first trials are grid points
@@ -35,9 +34,8 @@ GRID_DENSITIES = (0.5, 1.0)
 GRID_WAIT_S = 1.0  # a worker with no grid point left polls this often for the others' results
 
 
-def grid_points(space: RunSpace | GenomeSpace) -> list[dict[str, float]]:
+def grid_points(ps: GenomeSpace) -> list[dict[str, float]]:
     """The coarse uniform grid as box points (name -> value in [0, 1])."""
-    ps = space.genome if isinstance(space, RunSpace) else space
     if not isinstance(ps, PSSpace):
         raise ConfigError("space.x0: grid needs a parameter space (space=ps)")
     params = (*ps.parameter_names, *ps.group_parameter_names)

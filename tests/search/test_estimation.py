@@ -266,7 +266,7 @@ def test_the_ledger_picks_the_best_as_the_study_does_with_two_objectives(tmp_pat
 
 def test_grid_points_are_uniform_merges_of_the_space(toy_cache, tmp_path):
     space = build_space(config(tmp_path))
-    points = grid_points(space)
+    points = grid_points(space.genome)
     assert len(points) == 3 * 3 * 2  # weights per source (2 sources), densities
     seen = set()
     for p in points:
