@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from evomerge.search.front import FRONT_TEST
-from evomerge.search.objectives import OBJECTIVE_NAMES
+from evomerge.search.goals import OBJECTIVE_NAMES
 from evomerge.search.pareto import chosen, feasible, pareto_front
 
 

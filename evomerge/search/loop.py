@@ -22,7 +22,7 @@ from evomerge.evaluate import CandidateFailed
 from evomerge.search.budget import Ledger
 from evomerge.search.config import SearchConfig
 from evomerge.search.estimation import Estimated, Estimation
-from evomerge.search.objectives import RunGoals, run_goals
+from evomerge.search.goals import RunGoals, run_goals
 from evomerge.search.optuna_adapter import generation_of
 from evomerge.search.outputs import finish, progress_bar, recipe_hash, record
 from evomerge.search.samplers import make_sampler

@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from evomerge.errors import PREVIEW_CHARS, EvomergeError, SearchError
 from evomerge.genome import GenomeSpace
 from evomerge.search.config import SearchConfig, fitness_settings
-from evomerge.search.objectives import check_directions, study_directions
+from evomerge.search.goals import check_directions, study_directions
 from evomerge.search.optuna_adapter import (
     close_storage,
     heartbeat_storage,

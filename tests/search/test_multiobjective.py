@@ -16,8 +16,8 @@ from evomerge.errors import ConfigError, SearchError
 from evomerge.evaluate import EvalSettings, evaluate, load_tasks, make_backend
 from evomerge.search.config import search_config
 from evomerge.search.export import export_run
+from evomerge.search.goals import SOURCE_SCORES
 from evomerge.search.loop import run_search
-from evomerge.search.objectives import SOURCE_SCORES
 from evomerge.search.pareto import chosen, pareto_front
 from evomerge.search.report import write_report
 from evomerge_dev.testing import SMALL_SEARCH
