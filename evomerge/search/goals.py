@@ -15,11 +15,11 @@ from evomerge.evaluate.objectives import Objectives, SourceScores
 from evomerge.model_ref import resolve_reference
 from evomerge.recipe import ModelSpec, Recipe
 from evomerge.search.config import SearchConfig
+from evomerge.search.pareto import OBJECTIVE_NAMES
 from evomerge.search.scorer import CandidateScorer
 from evomerge.search.trial_record import write_objectives
 
 SOURCE_SCORES = "source_scores"  # study user attr: {source: {task: {metric: value}}}
-OBJECTIVE_NAMES = "objective_names"  # study user attr: the objectives' names, in order
 
 
 @dataclass(frozen=True)

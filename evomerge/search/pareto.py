@@ -14,6 +14,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
 Point = tuple[float, ...]
+OBJECTIVE_NAMES = "objective_names"  # study user attr: the objectives' names, in order
 
 
 def feasible(trial: FrozenTrial) -> bool:
