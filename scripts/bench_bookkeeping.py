@@ -29,10 +29,10 @@ from evomerge.evaluate import Results
 from evomerge.recipe import Recipe, dump_recipe
 from evomerge.search.budget import budget_held, trials_done
 from evomerge.search.config import search_config
-from evomerge.search.estimation import Estimated
 from evomerge.search.goals import RunGoals
 from evomerge.search.loop import SearchRun, run_candidates
 from evomerge.search.scorer import Scored
+from evomerge.search.scoring_policy import Estimated
 from evomerge.search.space import build_space
 from evomerge.search.study import best_trial, opened_study
 

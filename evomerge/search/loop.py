@@ -21,12 +21,12 @@ from evomerge.errors import MergeError, RecipeError
 from evomerge.evaluate import CandidateFailed
 from evomerge.search.budget import Ledger
 from evomerge.search.config import SearchConfig
-from evomerge.search.estimation import Estimated, Estimation
 from evomerge.search.goals import RunGoals, run_goals
 from evomerge.search.optuna_adapter import generation_of
 from evomerge.search.outputs import finish, progress_bar, recipe_hash, record
 from evomerge.search.samplers import make_sampler
 from evomerge.search.scorer import CandidateScorer, make_scorer
+from evomerge.search.scoring_policy import Estimated, Estimation
 from evomerge.search.source import CandidateError, SourceSpec, StopFlag, TrialSource
 from evomerge.search.space import RunSpace, build_space
 from evomerge.search.study import opened_study

@@ -21,9 +21,9 @@ from evomerge.genome import GenomeSpace
 from evomerge.recipe import Recipe, dump_recipe
 from evomerge.search.budget import Ledger
 from evomerge.search.config import SearchConfig
-from evomerge.search.estimation import Estimation, rescored_items
 from evomerge.search.front import front_summary
 from evomerge.search.scorer import CandidateScorer
+from evomerge.search.scoring_policy import Estimation, rescored_items
 from evomerge.search.space import RunSpace
 from evomerge.search.trial_record import TrialRecord, describe, primary_value
 

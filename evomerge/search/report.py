@@ -19,9 +19,9 @@ from evomerge.cli_args import make_parser
 from evomerge.genome.ps import split_coordinate
 from evomerge.search.budget import counted
 from evomerge.search.config import DFSSpec, PSSpec
-from evomerge.search.estimation import RESCORED, WINNER
 from evomerge.search.front import front_table, plot_front
 from evomerge.search.run_files import load_run_study, read_run
+from evomerge.search.scoring_policy import RESCORED, WINNER
 from evomerge.search.study import best_trial
 from evomerge.search.trial_record import TIMES, TrialRecord, primary_value
 

@@ -14,9 +14,9 @@ from evomerge.errors import ConfigError
 from evomerge.evaluate.estimator import ItemPlan
 from evomerge.search.budget import Ledger, budget_held, trials_done
 from evomerge.search.config import search_config
-from evomerge.search.estimation import PLAN_ATTR, RESCORED, WINNER, Estimation, stops
 from evomerge.search.loop import make_scorer, run_search
 from evomerge.search.report import generation_cost, summary_markdown
+from evomerge.search.scoring_policy import PLAN_ATTR, RESCORED, WINNER, Estimation, stops
 from evomerge.search.space import build_space
 from evomerge.search.study import best_trial
 from evomerge.search.trial_record import BITS, FAILURE

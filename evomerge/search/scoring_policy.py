@@ -1,5 +1,6 @@
-"""The estimator inside a search: which documents a candidate generates, its (estimated)
-fitness, racing, the plan stored with the study, and the winner's full-split re-score.
+"""The estimator inside a search, a policy over the one scorer (scorer.py): which documents a
+candidate generates, its (estimated) fitness, racing, the plan stored with the study, and the
+winner's full-split re-score.
 
 The plan (evaluate/estimator.py's ItemPlan) is fitted once per run, from the first
 `fit_trials` candidates scored in full, and stored as the study user attribute `PLAN_ATTR` (and,
