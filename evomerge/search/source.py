@@ -137,7 +137,7 @@ class TrialSource:
 
     @contextlib.contextmanager
     def candidate(self, trial: optuna.Trial) -> Iterator[None]:
-        """Around one candidate: a CandidateFailed fails only its trial; a trial another worker
+        """Around one candidate: a CandidateError fails only its trial; a trial another worker
         failed meanwhile (its heartbeat looked stale) is left to that worker's retry; anything
         else fails the trial, as Optuna's optimize() does, and goes on up."""
         try:
