@@ -46,7 +46,9 @@ def main() -> None:
     raw = yaml.safe_load((args.run / "config.yaml").read_text())  # the composed config
     cfg = search_config({**raw, "results_dir": str(args.run.parent)})
     space = build_space(cfg)
-    scorer = make_scorer(cfg, space)
+    scorer = make_scorer(
+        space.template_model, cfg.evaluator, cfg.task, merge_on=cfg.merge_on, seed=cfg.seed
+    )
     recipe = genome_recipe(space, best)
     scorer.load(recipe)
     fit = fitness(scorer.generate().results, cfg.task.objective)

@@ -10,11 +10,11 @@ import optuna
 from optuna.study import StudyDirection
 
 from evomerge.errors import SearchError
-from evomerge.evaluate import Results, load_tasks
+from evomerge.evaluate import EvalSettings, Results, load_tasks
 from evomerge.evaluate.objectives import Objectives, SourceScores
 from evomerge.model_ref import resolve_reference
 from evomerge.recipe import ModelSpec, Recipe
-from evomerge.search.config import SearchConfig
+from evomerge.search.config import ModelsSpec, TaskSpec
 from evomerge.search.pareto import OBJECTIVE_NAMES
 from evomerge.search.scorer import CandidateScorer
 from evomerge.search.trial_record import write_objectives
@@ -82,19 +82,24 @@ def source_scores(
     return stored
 
 
-def source_recipe(cfg: SearchConfig, name: str) -> Recipe:
+def source_recipe(models: ModelsSpec, name: str) -> Recipe:
     """A recipe that gives back the source model `name` as it is (linear, weight 1)."""
-    ref = dict(cfg.models.sources)[name]
-    model = resolve_reference(ref, cfg.models.toy_size)
-    return Recipe("linear", models=(ModelSpec(model, {"weight": 1.0}),), dtype=cfg.models.dtype)
+    model = resolve_reference(dict(models.sources)[name], models.toy_size)
+    return Recipe("linear", models=(ModelSpec(model, {"weight": 1.0}),), dtype=models.dtype)
 
 
-def run_goals(cfg: SearchConfig, study: optuna.Study, scorer: CandidateScorer) -> RunGoals:
+def run_goals(
+    task: TaskSpec,
+    models: ModelsSpec,
+    evaluator: EvalSettings,
+    study: optuna.Study,
+    scorer: CandidateScorer,
+) -> RunGoals:
     """The run's objectives with its sources scored (once per study) where constraints need."""
-    objectives = cfg.task.goals
+    objectives = task.goals
 
     def score(name: str, tasks: list[str]) -> Results:
-        task_set = load_tasks(tasks, cfg.evaluator, extra_paths=cfg.task.include)
-        return scorer.evaluate_on(source_recipe(cfg, name), task_set)
+        task_set = load_tasks(tasks, evaluator, extra_paths=task.include)
+        return scorer.evaluate_on(source_recipe(models, name), task_set)
 
     return RunGoals(objectives, source_scores(study, objectives, score))

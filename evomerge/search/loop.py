@@ -41,10 +41,11 @@ def run_search(
     summary also written to `<run_dir>/summary.json`. `space`: the run's, if built already."""
     space = space or build_space(cfg)
     with opened_study(cfg, space) as study:
-        scorer = make_scorer(cfg, space)
-        run = SearchRun(
-            space, make_estimation(cfg, study, scorer), run_goals(cfg, study, scorer), cfg, study
+        scorer = make_scorer(
+            space.template_model, cfg.evaluator, cfg.task, merge_on=cfg.merge_on, seed=cfg.seed
         )
+        goals = run_goals(cfg.task, cfg.models, cfg.evaluator, study, scorer)
+        run = SearchRun(space, make_estimation(cfg, study, scorer), goals, cfg, study)
         ledger = run_candidates(run, progress=progress)
         return finish(cfg, study, space, run.estimation, ledger.refresh())
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from evomerge.evaluate import (
     Backend,
+    EvalSettings,
     Objective,
     Results,
     TaskSet,
@@ -25,12 +26,11 @@ from evomerge.evaluate import (
 )
 from evomerge.evaluate.prepared import DocSubset, build_requests
 from evomerge.evaluate.runner import Evaluation
-from evomerge.genome import GenomeSpace
 from evomerge.merge import MergeOptions, SourceCache, merge_into_model
 from evomerge.merge.lora import split_adapter
 from evomerge.merge.path import PathModel, PathStep, recipe_path
 from evomerge.recipe import Recipe
-from evomerge.search.config import SearchConfig
+from evomerge.search.config import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -116,11 +116,13 @@ class CandidateScorer:
         return evaluate(self.backend, tasks).results
 
 
-def make_scorer(cfg: SearchConfig, space: GenomeSpace) -> CandidateScorer:
+def make_scorer(
+    template_model: str, evaluator: EvalSettings, task: TaskSpec, *, merge_on: str, seed: int
+) -> CandidateScorer:
     """The search's scorer: one backend over the space's template model, the fitness tasks
-    built once, and the sources preloaded on `cfg.merge_on`."""
-    template = split_adapter(space.template_model)[0]  # a LoRA source: its base's architecture
-    backend = make_backend(template, cfg.evaluator, host_device=cfg.merge_on)
-    tasks = load_tasks(cfg.task.goals.tasks, cfg.evaluator, extra_paths=cfg.task.include)
-    options = MergeOptions(device=cfg.merge_on, random_seed=cfg.seed, progress=False)
-    return CandidateScorer(backend, tasks, cfg.task.objective, SourceCache(preload=True), options)
+    built once, and the sources preloaded on `merge_on` (DARE's drops seeded by `seed`)."""
+    template = split_adapter(template_model)[0]  # a LoRA source: its base's architecture
+    backend = make_backend(template, evaluator, host_device=merge_on)
+    tasks = load_tasks(task.goals.tasks, evaluator, extra_paths=task.include)
+    options = MergeOptions(device=merge_on, random_seed=seed, progress=False)
+    return CandidateScorer(backend, tasks, task.objective, SourceCache(preload=True), options)

@@ -306,6 +306,9 @@ def test_x0_grid_scores_the_grid_then_starts_cmaes_at_its_best(toy_cache, tmp_pa
 
 def test_the_universe_is_every_fitness_document(toy_cache, tmp_path):
     cfg = config(tmp_path)
-    scorer = make_scorer(cfg, build_space(cfg))
+    space = build_space(cfg)
+    scorer = make_scorer(
+        space.template_model, cfg.evaluator, cfg.task, merge_on=cfg.merge_on, seed=cfg.seed
+    )
     est = Estimation(cfg.estimator, cfg.task.objective, scorer, tmp_path, 4)
     assert est.universe() == {FIT: list(range(40))}
