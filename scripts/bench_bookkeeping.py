@@ -29,10 +29,10 @@ from evomerge.evaluate import Results
 from evomerge.recipe import Recipe, dump_recipe
 from evomerge.search.budget import budget_held, trials_done
 from evomerge.search.config import search_config
-from evomerge.search.estimation import Estimated
+from evomerge.search.goals import RunGoals
 from evomerge.search.loop import SearchRun, run_candidates
-from evomerge.search.objectives import RunGoals
 from evomerge.search.scorer import Scored
+from evomerge.search.scoring_policy import Estimated
 from evomerge.search.space import build_space
 from evomerge.search.study import best_trial, opened_study
 
@@ -90,10 +90,10 @@ def main() -> None:
             goals = RunGoals(cfg.task.goals, {})
             run = SearchRun(space, NoGeneration(), goals, cfg, study)  # type: ignore[arg-type]
             t0 = time.perf_counter()
-            run_candidates(run, progress=False)
+            ledger = run_candidates(run, progress=False)
             wall = time.perf_counter() - t0
             secs = per_candidate(study)
-            ledger_s = seconds_of(run.ledger.refresh)
+            ledger_s = seconds_of(ledger.refresh)
             previous_s = seconds_of(lambda: previous_reads(study))
     first, last = statistics.mean(secs[:WINDOW]), statistics.mean(secs[-WINDOW:])
     record = {

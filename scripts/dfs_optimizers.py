@@ -44,7 +44,9 @@ def run_all(args: argparse.Namespace, overrides: list[str]) -> None:
     cfg = search_config(compose("search", ["space=dfs", "threads=1", *overrides]))
     space = build_space(cfg)
     assert isinstance(space, DFSSpace)  # space=dfs above; not user input
-    scorer = make_scorer(cfg, space)
+    scorer = make_scorer(
+        space.template_model, cfg.evaluator, cfg.task, merge_on=cfg.merge_on, seed=cfg.seed
+    )
 
     def score(x: np.ndarray) -> float | None:
         try:

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from optuna.trial import TrialState
 
-from evomerge.evaluate import evaluate, fitness, load_tasks
+from evomerge.evaluate import fitness, load_tasks
 from evomerge.search.config import search_config
 from evomerge.search.outputs import genome_recipe
 from evomerge.search.report import open_run
@@ -46,10 +46,12 @@ def main() -> None:
     raw = yaml.safe_load((args.run / "config.yaml").read_text())  # the composed config
     cfg = search_config({**raw, "results_dir": str(args.run.parent)})
     space = build_space(cfg)
-    scorer = make_scorer(cfg, space)
+    scorer = make_scorer(
+        space.template_model, cfg.evaluator, cfg.task, merge_on=cfg.merge_on, seed=cfg.seed
+    )
     recipe = genome_recipe(space, best)
     scorer.load(recipe)
-    fit = fitness(evaluate(scorer.backend, scorer.tasks).results, cfg.task.objective)
+    fit = fitness(scorer.generate().results, cfg.task.objective)
     tasks = load_tasks(cfg.task.test, cfg.evaluator, extra_paths=cfg.task.include)
     record = {
         "run": str(args.run),

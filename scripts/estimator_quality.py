@@ -35,8 +35,8 @@ import yaml
 from evomerge.evaluate.estimator import EstimatorSpec, fitted_plan, random_plan
 from evomerge.evaluate.irt import estimate
 from evomerge.evaluate.objectives import parse_terms
-from evomerge.search.estimation import BITS
 from evomerge.search.report import open_run
+from evomerge.search.trial_record import BITS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evomerge_dev: not installed
 from evomerge_dev.stats import spearman

@@ -59,6 +59,23 @@ def load_tasks(
 
     Unknown names raise an EvaluationError that suggests the closest known task names.
     """
+    tm = check_task_names(names, extra_paths, task_manager=task_manager)
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    try:
+        loaded = tm.load(list(names))
+    except Exception as e:  # dataset missing, malformed YAML, ...
+        raise EvaluationError(f"task: could not build {list(names)}: {e}") from e
+    for task in loaded["tasks"].values():
+        _apply_overrides(task, settings)
+    return TaskSet(tuple(names), loaded)
+
+
+def check_task_names(
+    names: Sequence[str], extra_paths: Sequence[str | Path] = (), *, task_manager: Any = None
+) -> Any:
+    """The TaskManager that knows every name (our tasks/, `extra_paths`, then lm-eval's own),
+    once the task files under `extra_paths` passed the YAML limits; an unknown name is an
+    EvaluationError suggesting the closest known ones. Reads no dataset."""
     if not names:
         raise EvaluationError("task: at least one task name is required")
     check_task_files(extra_paths)
@@ -69,14 +86,7 @@ def load_tasks(
             close = difflib.get_close_matches(name, sorted(known), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise EvaluationError(f"task: unknown task {preview(name)}{hint}")
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    try:
-        loaded = tm.load(list(names))
-    except Exception as e:  # dataset missing, malformed YAML, ...
-        raise EvaluationError(f"task: could not build {list(names)}: {e}") from e
-    for task in loaded["tasks"].values():
-        _apply_overrides(task, settings)
-    return TaskSet(tuple(names), loaded)
+    return tm
 
 
 def check_task_files(paths: Sequence[str | Path]) -> None:

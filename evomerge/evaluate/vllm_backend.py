@@ -11,6 +11,7 @@ import inspect
 import logging
 import os
 from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +312,53 @@ def reloads_given_weights(worker: Any) -> bool:
     return True  # only pass-through signatures: the current form
 
 
+@dataclass
+class LoadRecord:
+    """What a model's `load_weights` reported loading during one reload."""
+
+    loaded: set[str] = field(default_factory=set)
+    reported: bool = True  # False: a release whose loaders return nothing
+
+
+@contextlib.contextmanager
+def recorded_loads(model: Any) -> Iterator[LoadRecord]:
+    """The model's `load_weights` records the names it loads while the block runs (what the
+    reload loads, for the coverage check), then is put back as it was."""
+    record = LoadRecord()
+    own_load = model.load_weights
+    patched_before = "load_weights" in vars(model)  # vLLM patches some models' loaders
+
+    def recording_load(*args: Any, **kwargs: Any) -> Any:
+        result = own_load(*args, **kwargs)
+        if result is None:
+            record.reported = False
+        else:
+            record.loaded.update(result)
+        return result
+
+    model.load_weights = recording_load
+    try:
+        yield record
+    finally:
+        if patched_before:
+            model.load_weights = own_load
+        else:
+            del model.load_weights
+
+
+def reload_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> list[str]:
+    """On one worker: the in-place reload of `weights` (see push_weights); returns the
+    parameters no pushed tensor reached (none where the loaders do not report)."""
+    model = _worker_model(worker)
+    expected = {name for name, _ in model.named_parameters()}
+    with recorded_loads(model) as record, torch.inference_mode(), engine_config(worker):
+        if reloads_given_weights(worker):
+            worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+        else:
+            model.load_weights(iter(weights))
+    return sorted(expected - record.loaded) if record.reported else []
+
+
 def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:
     """Load Hugging Face-named tensors into a live vLLM engine, in place, then drop its caches.
 
@@ -331,35 +379,7 @@ def push_weights(llm: Any, named: Iterable[tuple[str, torch.Tensor]]) -> None:
     weights = list(named)
 
     def _load(worker: Any) -> list[str]:
-        model = _worker_model(worker)
-        expected = {name for name, _ in model.named_parameters()}
-        loaded: set[str] = set()
-        reported = True
-        own_load = model.load_weights
-        patched_before = "load_weights" in vars(model)  # vLLM patches some models' loaders
-
-        def recording_load(*args: Any, **kwargs: Any) -> Any:
-            nonlocal reported
-            result = own_load(*args, **kwargs)
-            if result is None:  # releases whose loaders do not report what they loaded
-                reported = False
-            else:
-                loaded.update(result)
-            return result
-
-        model.load_weights = recording_load  # what the reload loads, for the coverage check
-        try:
-            with torch.inference_mode(), engine_config(worker):
-                if reloads_given_weights(worker):
-                    worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
-                else:
-                    recording_load(iter(weights))
-        finally:
-            if patched_before:
-                model.load_weights = own_load
-            else:
-                del model.load_weights
-        return sorted(expected - loaded) if reported else []
+        return reload_worker(worker, weights)
 
     with quiet_reload():
         results = llm.collective_rpc(_load) or ()

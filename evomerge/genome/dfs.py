@@ -141,7 +141,7 @@ class DFSSpace:
     def x0(self) -> np.ndarray:
         """The first source model as it is: its layers in the first repetition, no scaling."""
         path = [t for t, (m, _) in enumerate(self.layout) if m == 0]
-        return self._vector(path, {})
+        return self.vector_of(path, {})
 
     def decode(self, x: Sequence[float] | np.ndarray) -> Recipe:
         return decode(self, x)
@@ -166,7 +166,7 @@ class DFSSpace:
         lo, hi = self.scale_range
         return min(1.0, max(0.0, math.log(scale / lo) / math.log(hi / lo)))
 
-    def _vector(self, slots: Sequence[int], scales: dict[tuple[int, int], float]) -> np.ndarray:
+    def vector_of(self, slots: Sequence[int], scales: dict[tuple[int, int], float]) -> np.ndarray:
         on = set(slots)
         bits = [ON if t in on else OFF for t in range(self.num_slots)]
         neutral = self.to_unit(1.0)
@@ -223,7 +223,7 @@ def encode(space: DFSSpace, recipe: Recipe) -> np.ndarray:
                 f"{space.repeats} time(s); raise space.repeats"
             )
         slots.append(t)
-    return space._vector(slots, _scales(space, recipe, positions))
+    return space.vector_of(slots, _scales(space, recipe, positions))
 
 
 def _layout_position(space: DFSSpace, s: SliceSpec, path: str) -> int:

@@ -20,6 +20,7 @@ import numpy as np
 from evomerge.errors import ConfigError, RecipeError
 from evomerge.merge.architecture import EMBED_FILTERS, HEAD_FILTERS, layer_prefix
 from evomerge.merge.methods import METHODS, REQUIRED, Method, get_method
+from evomerge.merge.selection import search_tie_rule
 from evomerge.recipe import Condition, ModelSpec, Recipe
 
 # The genome's parameters, their ranges, and whether a base is needed come from the method
@@ -142,6 +143,20 @@ class PSSpace:
         )
 
     @property
+    def coordinates(self) -> tuple[tuple[str, str | None, str], ...]:
+        """(name, source model, parameter) of each coordinate in `names` order; the model is
+        None for a per-group global parameter."""
+        per_model = tuple(
+            (f"{g.name}.{m}.{p}", m, p)
+            for g in self.groups
+            for m in self.model_names
+            for p in self.parameter_names
+        )
+        return per_model + tuple(
+            (f"{g.name}.{p}", None, p) for g in self.groups for p in self.group_parameter_names
+        )
+
+    @property
     def dim(self) -> int:
         return len(self.names)
 
@@ -180,6 +195,15 @@ class PSSpace:
         )
 
 
+def split_coordinate(name: str) -> tuple[str, str, str] | None:
+    """(group, model, parameter) of a coordinate name read back from a study, where no space
+    is at hand: `<group>.<model>.<parameter>` (the group may hold dots, `layers.0`); None for
+    a name with fewer parts. Per-group names (`<group>.<parameter>`) read as (group head,
+    group index, parameter): callers keep the parameters they know."""
+    parts = name.rsplit(".", 2)
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
+
+
 def decode(space: PSSpace, x: Sequence[float] | np.ndarray) -> Recipe:
     """Genome -> recipe. Coordinates outside [0, 1] are clipped to the box."""
     x = np.asarray(x, dtype=float)
@@ -213,6 +237,9 @@ def decode(space: PSSpace, x: Sequence[float] | np.ndarray) -> Recipe:
         random_seed=space.random_seed,
         # counter-based drops: computed where the merge runs, nothing stored (merge/drops.py)
         drop_scheme="counter" if get_method(space.method).seeded else None,
+        # ties among equal magnitudes broken by the fast rule: the exported winner names it, so
+        # it merges to the model that was evaluated (merge/selection.py)
+        tie_rule=search_tie_rule(space.method),
         tokenizer_source=space.tokenizer_source,
     )
 

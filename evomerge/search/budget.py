@@ -25,15 +25,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.search import optuna_adapter as adapter
 from evomerge.search.pareto import chosen, feasible
-
-FAILURE = "failure_reason"  # user attr of a candidate that failed (nan, oom, timeout, merge)
-SURPLUS = "surplus"  # user attr of a trial created after the budget was held (PRUNED, unused)
+from evomerge.search.trial_record import TrialRecord, write_surplus
 
 
 def counted(trial: FrozenTrial) -> bool:
     """Trials that use up budget: completed ones, and candidates that failed on their own."""
     return trial.state == TrialState.COMPLETE or (
-        trial.state == TrialState.FAIL and FAILURE in trial.user_attrs
+        trial.state == TrialState.FAIL and TrialRecord.of(trial).failed
     )
 
 
@@ -86,7 +84,7 @@ def surplus(trial: optuna.Trial, ledger: Ledger, budget: int) -> bool:
     creation; such a trial gives way before it samples anything (PRUNED, not counted)."""
     if ledger.refresh().held(before=trial.number) < budget:
         return False
-    trial.set_user_attr(SURPLUS, True)
+    write_surplus(trial)
     return True
 
 
@@ -173,10 +171,10 @@ class Ledger:
     def _add(self, t: FrozenTrial) -> None:
         if counted(t):
             bisect.insort(self._counted, t.number)
-        attrs = t.user_attrs
-        self.failed += FAILURE in attrs
-        self.items += int(attrs.get("items", 0))
-        self.tokens += int(attrs.get("tokens", 0))
+        rec = TrialRecord.of(t)
+        self.failed += rec.failed
+        self.items += rec.items or 0
+        self.tokens += rec.tokens
         self.candidate_seconds += trial_seconds(t)
         if t.state != TrialState.COMPLETE or not t.values:
             return
@@ -229,6 +227,6 @@ def trial_seconds(t: FrozenTrial) -> float:
     """A scored or failed candidate's seconds (as report.candidate_seconds); 0 for others."""
     if t.datetime_complete is None or t.datetime_start is None:
         return 0.0
-    if t.state != TrialState.COMPLETE and FAILURE not in t.user_attrs:
+    if t.state != TrialState.COMPLETE and not TrialRecord.of(t).failed:
         return 0.0
     return (t.datetime_complete - t.datetime_start).total_seconds()

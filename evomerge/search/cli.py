@@ -13,7 +13,8 @@ import os
 from collections.abc import Sequence
 
 from evomerge.config import compose, dump_config
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, UsageError, preview
+from evomerge.evaluate.tasks import check_task_names
 from evomerge.files import write_text_atomic
 from evomerge.search.config import SearchConfig, search_config
 from evomerge.search.loop import run_search
@@ -39,6 +40,7 @@ def main(argv: Sequence[str]) -> int:
     # Everything that can reject the command runs before the run directory is touched.
     space = build_space(cfg)
     check_resumable(cfg, space)
+    check_task_names([*cfg.task.goals.tasks, *cfg.task.test], cfg.task.include)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(cfg.run_dir / "config.yaml", dump_config(raw))
     summary = run_search(cfg, space=space)
@@ -54,6 +56,11 @@ def split_print_flag(argv: Sequence[str]) -> tuple[list[str], bool]:
     while args:
         arg = args.pop(0)
         flag, eq, value = arg.partition("=")
+        if flag.startswith("-") and flag not in PRINT_CONFIG:
+            raise UsageError(
+                f"unknown option {preview(flag)}: search takes Hydra overrides key=value and "
+                "--cfg job (see `python -m evomerge search --help`)"
+            )
         if flag not in PRINT_CONFIG:
             overrides.append(arg)
             continue

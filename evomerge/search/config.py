@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.config import check_keys, typed, typed_pair
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, preview
 from evomerge.evaluate import EvalSettings, Objective
 from evomerge.evaluate.estimator import EstimatorSpec
 from evomerge.evaluate.objectives import Goal, Objectives, parse_objectives
@@ -19,6 +20,12 @@ SINGLE_OBJECTIVE_SAMPLERS = ("cmaes", "pycma")  # CMA-ES ranks candidates by one
 CROSSOVERS = ("sbx", "uniform")  # NSGA-II's recombination of two parents (see nsga2.yaml)
 SPACE_KINDS = ("ps", "dfs", "ps_dfs")
 X0_CHOICES = ("uniform", "grid")  # space.x0: where CMA-ES starts (search/warmstart.py)
+# What a trial's fitness means. A resumed run keeps every leaf of these (else trials scored
+# differently would be ranked side by side in one study); the rest (optimizer.n_trials,
+# workers, threads, heartbeat, progress, the held-out test tasks) may change between runs.
+FITNESS_SECTIONS = ("task", "models", "space", "estimator", "seed")
+FITNESS_EVALUATOR = ("limit", "num_fewshot", "apply_chat_template", "gen_kwargs", "max_length")
+FITNESS_FREE = ("task.test", "models.threads")  # no effect on a candidate's fitness
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,13 @@ class DFSSpec:
     ps_recipe: str | None = None
 
 
+# Candidates per generation where optimizer.population_size is null: the window of the budget
+# ledger, the first generation the estimator calibrates on, and the draws of estimator.redraw
+# (a CMA-ES generation of the toy's default space is 10: configs/optimizer/cmaes.yaml).
+GENERATION_DEFAULT = 10
+NSGA2_POPULATION_DEFAULT = 50  # NSGA-II's own population when it is null: Optuna's default
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
     name: str
@@ -87,6 +101,11 @@ class OptimizerSpec:
     n_startup_trials: int = 20
     crossover: str = "sbx"
     warm_start: tuple[dict[str, float], ...] = ()
+
+    @property
+    def generation_size(self) -> int:
+        """Candidates per generation (GENERATION_DEFAULT where population_size is null)."""
+        return self.population_size or GENERATION_DEFAULT
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -128,6 +147,8 @@ class SearchConfig:
     sqlite_wal: bool = True
     merge_device: str | None = None  # None: see `merge_on`
     estimator: EstimatorSpec = field(default_factory=EstimatorSpec)  # configs/estimator/
+    # (key path, JSON value) of every setting that defines fitness (`fitness_settings`)
+    fitness_meaning: tuple[tuple[str, str], ...] = ()
 
     @property
     def merge_on(self) -> str:
@@ -148,7 +169,8 @@ class SearchConfig:
         return self.storage or f"sqlite:///{self.run_dir / 'study.db'}"
 
 
-TOP_KEYS = tuple(f for f in SearchConfig.__dataclass_fields__)
+TOP_KEYS = tuple(f for f in SearchConfig.__dataclass_fields__ if f != "fitness_meaning")
+SECTIONS = ("task", "models", "space", "optimizer", "evaluator", "estimator")  # mappings
 
 
 def search_config(cfg: dict[str, Any]) -> SearchConfig:
@@ -161,6 +183,10 @@ def search_config(cfg: dict[str, Any]) -> SearchConfig:
 
 def _search_config(cfg: dict[str, Any]) -> SearchConfig:
     check_keys("", cfg, TOP_KEYS)
+    for section in SECTIONS:
+        value = cfg[section] if section != "estimator" else cfg.get(section) or {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{section}: must be a mapping of settings, got {preview(value)}")
     run = typed(cfg["run"], str, "run")
     if not run or "/" in run or run.startswith("."):
         raise ConfigError(f"run: must be a plain directory name, got {run!r}")
@@ -197,7 +223,30 @@ def _search_config(cfg: dict[str, Any]) -> SearchConfig:
         sqlite_wal=typed(cfg.get("sqlite_wal", True), bool, "sqlite_wal"),
         merge_device=None if merge_device is None else str(merge_device),
         estimator=estimator,
+        fitness_meaning=fitness_settings(cfg),
     )
+
+
+def fitness_settings(cfg: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The composed config's settings that define fitness, as (key path, JSON value) leaves:
+    every leaf of FITNESS_SECTIONS and the evaluator's FITNESS_EVALUATOR, but FITNESS_FREE."""
+    out: dict[str, str] = {}
+
+    def walk(path: str, value: Any) -> None:
+        if path in FITNESS_FREE:
+            return
+        if isinstance(value, Mapping) and value:
+            for key, inner in value.items():
+                walk(f"{path}.{key}", inner)
+        else:
+            out[path] = json.dumps(value, sort_keys=True, default=str)
+
+    for key in FITNESS_SECTIONS:
+        walk(key, cfg.get(key))
+    evaluator = cfg.get("evaluator") or {}
+    for key in FITNESS_EVALUATOR:
+        walk(f"evaluator.{key}", evaluator.get(key) if isinstance(evaluator, Mapping) else None)
+    return tuple(sorted(out.items()))
 
 
 def estimator_spec(raw: Mapping[str, Any]) -> EstimatorSpec:

@@ -4,15 +4,13 @@ optuna-dashboard (`pip install -e ".[dashboard]"`), from the storage its config.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from evomerge.cli_args import make_parser
 from evomerge.errors import SearchError
-from evomerge.search.study import sqlalchemy_url
+from evomerge.search.run_files import read_run
 
 # Loopback only: the dashboard can also write to the study (notes, tells, deleting studies),
 # so it is not offered to the network; reach it from elsewhere through an SSH tunnel.
@@ -21,17 +19,10 @@ DEFAULT_PORT = 8080  # optuna-dashboard's own default
 
 
 def run_storage(run_dir: Path) -> tuple[str, str]:
-    """(storage URL, study name) of a search run directory, from its config.yaml."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise SearchError(f"{run_dir}: no config.yaml; not a search run directory")
-    config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(config, dict) or not config.get("run"):
-        raise SearchError(f"{path}: names no run; not a search run's config")
-    storage = config.get("storage") or f"sqlite:///{run_dir / 'study.db'}"
-    if storage.startswith("sqlite:///") and not (run_dir / "study.db").is_file():
-        raise SearchError(f"{run_dir}: no study.db; has the search started?")
-    return sqlalchemy_url(str(storage)), str(config["run"])
+    """(storage URL, study name) of a search run directory, from its config.yaml, read and
+    checked as the search reads it (evomerge/search/run_files.py)."""
+    run = read_run(run_dir)
+    return run.storage, run.cfg.run
 
 
 def make_server(storage: str, port: int) -> Any:
@@ -55,7 +46,7 @@ def make_server(storage: str, port: int) -> Any:
 
 
 def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m evomerge dashboard", description=__doc__)
+    p = make_parser("python -m evomerge dashboard", __doc__)
     p.add_argument("run_dir", type=Path, help="a search run directory, e.g. results/<run>")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port on 127.0.0.1 (8080)")
     args = p.parse_args(list(argv))

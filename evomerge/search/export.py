@@ -6,21 +6,23 @@ version)."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from evomerge.cli_args import make_parser
 from evomerge.errors import SearchError
 from evomerge.merge import MergeOptions, merge_to_disk
 from evomerge.merge.card import render_card
 from evomerge.recipe import Recipe, dump_recipe, load_recipe
+from evomerge.search.outputs import genome_recipe
+from evomerge.search.run_files import RunFiles, load_run_study, read_run, read_summary
+from evomerge.search.space import build_space
+from evomerge.search.trial_record import TrialRecord
 
 
 def export_run(
@@ -32,10 +34,12 @@ def export_run(
     The checkpoint is merged beside `out` and renamed into place with its card, so a failed
     export leaves nothing at `out`.
     """
-    summary = _read_summary(run_dir)
+    run = read_run(run_dir)
+    summary = read_summary(run_dir)
     if trial is not None:
-        recipe = trial_recipe(run_dir, trial)
-        summary = trial_summary(run_dir, trial, summary)
+        scored = scored_trial(run, trial)
+        recipe = genome_recipe(build_space(run.cfg), scored)
+        summary = trial_summary(scored, summary)
         target = out or run_dir / f"trial_{trial}_model"
     else:
         recipe_path = run_dir / "best_recipe.yaml"
@@ -52,7 +56,7 @@ def export_run(
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".export", dir=target.parent))
     try:
         merged = merge_to_disk(recipe, work / "model", MergeOptions(device=device))
-        card = run_card(recipe, _read_yaml(run_dir / "config.yaml"), summary)
+        card = run_card(recipe, run.raw, summary)
         (merged / "README.md").write_text(card, encoding="utf-8")
         merged.rename(target)
     finally:
@@ -60,43 +64,30 @@ def export_run(
     return target
 
 
-def trial_recipe(run_dir: Path, number: int) -> Recipe:
-    """The recipe of a scored trial, decoded from its genome in the run's own space."""
-    from evomerge.search.config import search_config
-    from evomerge.search.outputs import genome_recipe
-    from evomerge.search.space import build_space
-
-    t = _scored_trial(run_dir, number)
-    cfg = search_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    return genome_recipe(build_space(cfg), t)
-
-
-def trial_summary(run_dir: Path, number: int, summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The run's summary with trial `number`'s own scores (no held-out test: the run scored
-    its best trial only)."""
-    t = _scored_trial(run_dir, number)
+def trial_summary(t: FrozenTrial, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's summary with trial `t`'s own scores (no held-out test: the run scored its
+    best trial only)."""
     fitness = t.values[0] if len(t.values) == 1 else list(t.values)
+    rec = TrialRecord.of(t)
     rest = {k: v for k, v in summary.items() if k != "test_metrics"}
     return rest | {
-        "exported_trial": number,
+        "exported_trial": t.number,
         "fitness": fitness,
-        "fitness_metrics": t.user_attrs.get("metrics"),
-        "fitness_estimated": bool(t.user_attrs.get("estimated")),  # from fewer documents
+        "fitness_metrics": rec.metrics,
+        "fitness_estimated": rec.estimated,  # from fewer documents
     }
 
 
-def _scored_trial(run_dir: Path, number: int) -> Any:
-    from evomerge.search.report import open_run
-
-    trials = open_run(run_dir).get_trials(deepcopy=False)
+def scored_trial(run: RunFiles, number: int) -> FrozenTrial:
+    trials = load_run_study(run).get_trials(deepcopy=False)
     found = [t for t in trials if t.number == number]
     if not found:
         raise SearchError(
-            f"--trial {number}: no such trial in {run_dir} (trials 0..{len(trials) - 1})"
+            f"--trial {number}: no such trial in {run.run_dir} (trials 0..{len(trials) - 1})"
         )
     t = found[0]
     if t.state != TrialState.COMPLETE:
-        reason = t.user_attrs.get("failure_reason", "")
+        reason = TrialRecord.of(t).failure or ""
         raise SearchError(
             f"--trial {number}: the trial is {t.state.name}{f' ({reason[:60]})' if reason else ''}"
             "; only scored (COMPLETE) trials export"
@@ -169,24 +160,8 @@ def _score_rows(split: str, metrics: Any) -> list[str]:
     ]
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else {}
-
-
-def _read_summary(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "summary.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except ValueError as e:
-        raise SearchError(f"{path}: not valid JSON ({e})") from None
-    return data if isinstance(data, dict) else {}
-
-
 def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m evomerge export", description=__doc__)
+    p = make_parser("python -m evomerge export", __doc__)
     p.add_argument("run_dir", type=Path, help="a search run directory, e.g. results/<run>")
     p.add_argument("--trial", type=int, default=None, help="export this trial (default: best)")
     p.add_argument("--out", type=Path, default=None, help="output directory (<run>/best_model)")

@@ -1,7 +1,8 @@
 """The one place that reaches past Optuna's public API (pinned by tests/search/test_optuna_adapter.py).
 
 What the search needs and Optuna does not expose: a trial's storage id (to write a heartbeat
-for it), the generation a sampler asked a trial in, the study's storage, which trials have a
+for it), the heartbeat thread `study.optimize` runs around a trial (the search asks and tells
+its trials itself), the generation a sampler asked a trial in, the study's storage, which trials have a
 heartbeat on record (Optuna keeps them in its `trial_heartbeats` table and has no call to read
 them), and whether an error means "this trial was already finished by someone else". Everything else goes through Optuna's
 public API, in the modules that use it.
@@ -16,6 +17,7 @@ from typing import Any
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial
 
 # The text of Optuna's error for telling a trial that a heartbeat check already failed.
@@ -38,6 +40,29 @@ def heartbeat_storage(
             grace_period=2 * heartbeat_s,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
         )
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """A new trial (the sampler's next), outside `study.optimize`: the search's trial source
+    runs the heartbeat itself (`heartbeat_thread`), so Optuna's warning about that is off."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
+        return study.ask()
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """What `study.optimize` does before each trial where the storage keeps heartbeats: fail
+    the trials of dead workers (and enqueue their retries)."""
+    if heartbeat_on(storage_of(study)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+
+def heartbeat_thread(trial: optuna.Trial) -> Any:
+    """The heartbeat `study.optimize` runs around each trial (a thread that beats every
+    heartbeat interval while the block runs; nothing where the storage keeps none)."""
+    return get_heartbeat_thread(trial_id(trial), storage_of(trial.study))
 
 
 def close_storage(study: optuna.Study) -> None:

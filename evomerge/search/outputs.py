@@ -21,11 +21,11 @@ from evomerge.genome import GenomeSpace
 from evomerge.recipe import Recipe, dump_recipe
 from evomerge.search.budget import Ledger
 from evomerge.search.config import SearchConfig
-from evomerge.search.estimation import Estimation, rescored_items
 from evomerge.search.front import front_summary
-from evomerge.search.objectives import describe, primary_value
 from evomerge.search.scorer import CandidateScorer
+from evomerge.search.scoring_policy import Estimation, rescored_items
 from evomerge.search.space import RunSpace
+from evomerge.search.trial_record import TrialRecord, describe, primary_value
 
 
 def progress_bar(cfg: SearchConfig, done: int, enabled: bool) -> tqdm:
@@ -47,7 +47,8 @@ def progress_fields(
 
     A latest fitness of 0.0 is shown as 0.0000 (a candidate that scored nothing), never as nan.
     """
-    secs = (last.user_attrs.get("merge_s", 0) + last.user_attrs.get("eval_s", 0)) or None
+    rec = TrialRecord.of(last)
+    secs = ((rec.merge_s or 0) + (rec.eval_s or 0)) or None
     value = primary_value(last)
     value = float("nan") if value is None else value
     return {
@@ -84,7 +85,7 @@ def write_best_recipe(
 ) -> None:
     """best_recipe.yaml; `full`: the trial's full-split fitness where its own is an estimate."""
     told = describe(trial)
-    if trial.user_attrs.get("estimated"):
+    if TrialRecord.of(trial).estimated:
         told = f"estimated {told}" if full is None else f"fitness {full!r} (estimate: {told})"
     header = (
         f"# best candidate of this run so far: trial {trial.number}, {told}\n"
@@ -116,7 +117,7 @@ def finish(
     summary.update(
         best_trial=best.number,
         fitness=value,  # on the whole fitness split, never an estimate
-        fitness_metrics=metrics or best.user_attrs.get("metrics"),
+        fitness_metrics=metrics or TrialRecord.of(best).metrics,
         test_metrics=test.get("results"),
         failed=ledger.failed,
         candidate_seconds=round(ledger.candidate_seconds, 3),

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
-OBJECTIVES = "objectives"  # trial user attr: {objective name: value}
-
 Point = tuple[float, ...]
+OBJECTIVE_NAMES = "objective_names"  # study user attr: the objectives' names, in order
 
 
 def feasible(trial: FrozenTrial) -> bool:

@@ -6,7 +6,6 @@ genome.png (per-layer-group heatmap of the best genome's parameters) and report.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from collections.abc import Sequence
@@ -16,28 +15,21 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from evomerge.errors import SearchError
-from evomerge.search.budget import FAILURE, counted
-from evomerge.search.estimation import RESCORED, WINNER
-from evomerge.search.front_plot import front_table, plot_front
-from evomerge.search.objectives import primary_value
+from evomerge.cli_args import make_parser
+from evomerge.genome.ps import split_coordinate
+from evomerge.search.budget import counted
+from evomerge.search.config import DFSSpec, PSSpec
+from evomerge.search.front import front_table, plot_front
+from evomerge.search.run_files import load_run_study, read_run
+from evomerge.search.scoring_policy import RESCORED, WINNER
 from evomerge.search.study import best_trial
-from evomerge.yaml_limits import load_yaml, read_text_file
+from evomerge.search.trial_record import TIMES, TrialRecord, primary_value
 
 
 def open_run(run_dir: Path) -> optuna.Study:
-    """The run's study, from the storage its config.yaml names (default: its study.db)."""
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise SearchError(f"{run_dir}: no config.yaml; not a search run directory")
-    cfg = load_yaml(read_text_file(config_path, what="run config"), str(config_path))
-    storage = cfg.get("storage") or f"sqlite:///{run_dir / 'study.db'}"
-    try:
-        return optuna.load_study(study_name=str(cfg["run"]), storage=storage)
-    except KeyError as e:
-        raise SearchError(
-            f"{run_dir}: the storage {storage!r} holds no study {cfg['run']!r}"
-        ) from e
+    """The run's study, from the storage its config.yaml names (default: its study.db), read
+    and checked as the search reads them; never creates a database."""
+    return load_run_study(read_run(run_dir))
 
 
 def candidate_seconds(trials: list[FrozenTrial]) -> float:
@@ -51,7 +43,7 @@ def candidate_seconds(trials: list[FrozenTrial]) -> float:
         for t in trials
         if t.datetime_complete is not None
         and t.datetime_start is not None
-        and (t.state == TrialState.COMPLETE or FAILURE in t.user_attrs)
+        and (t.state == TrialState.COMPLETE or TrialRecord.of(t).failed)
     )
 
 
@@ -76,7 +68,7 @@ def plot_history(trials: list[FrozenTrial], path: Path) -> None:
         xs.append(t.number)
         ys.append(best)
     ax.step(xs, ys, where="post", color="C3", label="best so far")
-    failed = [t.number for t in trials if FAILURE in t.user_attrs]
+    failed = [t.number for t in trials if TrialRecord.of(t).failed]
     if failed:
         ax.scatter(
             failed, [min(ys, default=0)] * len(failed), marker="x", color="k", label="failed"
@@ -96,11 +88,12 @@ def genome_table(
     {"<model> <parameter>": {group: (box value, parameter value)}}; None for other spaces."""
     rows: dict[str, dict[str, tuple[float, float]]] = {}
     for name, u in params.items():
-        parts = name.rsplit(".", 2)
-        if len(parts) != 3 or parts[2] not in ranges:
+        parts = split_coordinate(name)
+        if parts is None or parts[2] not in ranges:
             return None
-        lo, hi = ranges[parts[2]]
-        rows.setdefault(f"{parts[1]} {parts[2]}", {})[parts[0]] = (u, lo + u * (hi - lo))
+        group, model, parameter = parts
+        lo, hi = ranges[parameter]
+        rows.setdefault(f"{model} {parameter}", {})[group] = (u, lo + u * (hi - lo))
     return rows or None
 
 
@@ -142,8 +135,7 @@ def plot_genome(rows: dict[str, dict[str, tuple[float, float]]], path: Path) -> 
 def overhead_share(trials: list[FrozenTrial]) -> float | None:
     """Share of the scored candidates' time spent outside the model's generation/scoring
     calls; None before any candidate recorded its generation time."""
-    keys = ("merge_s", "swap_s", "eval_s", "generate_s")
-    rows = [[t.user_attrs[k] for k in keys] for t in trials if all(k in t.user_attrs for k in keys)]
+    rows = [times for t in trials if (times := TrialRecord.of(t).times) is not None]
     total = sum(merge + swap + ev for merge, swap, ev, _ in rows)
     if not rows or total <= 0:
         return None
@@ -154,12 +146,13 @@ def generation_cost(trials: list[FrozenTrial], study: optuna.Study) -> list[str]
     """The search's generation cost: fitness documents and tokens the candidates generated,
     how many were estimated or stopped by racing, and the documents spent re-scoring
     finalists on the whole fitness split."""
-    if not any("items" in t.user_attrs for t in trials):
+    records = [TrialRecord.of(t) for t in trials]
+    if all(r.items is None for r in records):
         return []  # a run from before per-trial accounting
-    items = sum(int(t.user_attrs.get("items", 0)) for t in trials)
-    tokens = sum(int(t.user_attrs.get("tokens", 0)) for t in trials)
-    estimated = sum(bool(t.user_attrs.get("estimated")) for t in trials)
-    raced = sum(bool(t.user_attrs.get("raced")) for t in trials)
+    items = sum(r.items or 0 for r in records)
+    tokens = sum(r.tokens for r in records)
+    estimated = sum(r.estimated for r in records)
+    raced = sum(r.raced for r in records)
     lines = [
         f"- generation cost: {items} fitness documents, {tokens} tokens generated by the "
         f"candidates ({estimated} estimated, {raced} stopped early by racing)"
@@ -187,13 +180,29 @@ def summary_markdown(run_dir: Path, study: optuna.Study) -> str:
     trials = study.get_trials(deepcopy=False)
     best = run_winner(study, trials)
     lines = [f"# Search run `{run_dir.name}`", ""]
+    lines += timing_lines(trials)
+    lines += generation_cost(trials, study)
+    if best is not None:
+        lines += best_lines(study, trials, best)
+    lines += failure_lines(trials)
+    if len(study.directions) > 1:
+        lines += front_table(study)
+    lines += ["", "![history](history.png)"]
+    if (run_dir / "genome.png").is_file():
+        lines.append("![best genome](genome.png)")
+    return "\n".join(lines) + "\n"
+
+
+def timing_lines(trials: list[FrozenTrial]) -> list[str]:
+    """Candidates counted, the median seconds of each step, the share outside generation."""
     n_done = sum(t.state == TrialState.COMPLETE for t in trials)
-    n_failed = sum(FAILURE in t.user_attrs for t in trials)
-    lines += [
+    records = [TrialRecord.of(t) for t in trials]
+    n_failed = sum(r.failed for r in records)
+    lines = [
         f"- candidates: {sum(counted(t) for t in trials)} ({n_done} scored, {n_failed} failed)"
     ]
-    for key in ("merge_s", "swap_s", "eval_s", "generate_s"):
-        vals = [t.user_attrs[key] for t in trials if key in t.user_attrs]
+    for key in TIMES:
+        vals = [v for r in records if (v := getattr(r, key)) is not None]
         if vals:
             lines.append(
                 f"- median {key[:-2]} seconds per candidate: {statistics.median(vals):.3f}"
@@ -203,64 +212,65 @@ def summary_markdown(run_dir: Path, study: optuna.Study) -> str:
         lines.append(
             f"- time outside generation/scoring (merge, swap, lm-eval bookkeeping): {share:.1%}"
         )
-    lines += generation_cost(trials, study)
-    if best is not None:
-        value = primary_value(best) or 0.0
-        told = f"fitness {value:.4f}"
-        if best.user_attrs.get("estimated"):
-            full = (study.user_attrs.get(WINNER) or {}).get("fitness")
-            told = (
-                f"estimated {told}"
-                if full is None
-                else f"fitness {full:.4f} on the full split (estimate {value:.4f})"
-            )
-        lines += [f"- best: trial {best.number}, {told}"]
-        test = study.user_attrs.get("test_results") or {}
-        if test.get("trial") == best.number:
-            lines.append(f"- best on the held-out test tasks: `{json.dumps(test['results'])}`")
-        top = sorted(
-            (t for t in trials if t.state == TrialState.COMPLETE),
-            key=lambda t: -(primary_value(t) or 0),
-        )[:5]
-        lines += ["", "| trial | fitness | metrics |", "|---|---|---|"]
-        lines += [
-            f"| {t.number} | {primary_value(t) or 0.0:.4f} | "
-            f"`{json.dumps(t.user_attrs.get('metrics'))}` |"
-            for t in top
-        ]
+    return lines
+
+
+def best_lines(study: optuna.Study, trials: list[FrozenTrial], best: FrozenTrial) -> list[str]:
+    """The winner (with its full-split fitness where it was estimated), its held-out test
+    scores, and the top five candidates."""
+    value = primary_value(best) or 0.0
+    told = f"fitness {value:.4f}"
+    if TrialRecord.of(best).estimated:
+        full = (study.user_attrs.get(WINNER) or {}).get("fitness")
+        told = (
+            f"estimated {told}"
+            if full is None
+            else f"fitness {full:.4f} on the full split (estimate {value:.4f})"
+        )
+    lines = [f"- best: trial {best.number}, {told}"]
+    test = study.user_attrs.get("test_results") or {}
+    if test.get("trial") == best.number:
+        lines.append(f"- best on the held-out test tasks: `{json.dumps(test['results'])}`")
+    top = sorted(
+        (t for t in trials if t.state == TrialState.COMPLETE),
+        key=lambda t: -(primary_value(t) or 0),
+    )[:5]
+    lines += ["", "| trial | fitness | metrics |", "|---|---|---|"]
+    lines += [
+        f"| {t.number} | {primary_value(t) or 0.0:.4f} | "
+        f"`{json.dumps(TrialRecord.of(t).metrics)}` |"
+        for t in top
+    ]
+    return lines
+
+
+def failure_lines(trials: list[FrozenTrial]) -> list[str]:
     failures: dict[str, int] = {}
     for t in trials:
-        if FAILURE in t.user_attrs:
-            reason = str(t.user_attrs[FAILURE]).split(":")[0]
+        failure = TrialRecord.of(t).failure
+        if failure is not None:
+            reason = failure.split(":")[0]
             failures[reason] = failures.get(reason, 0) + 1
-    if failures:
-        lines += [
-            "",
-            "Failed candidates by reason: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())),
-        ]
-    if len(study.directions) > 1:
-        lines += front_table(study)
-    lines += ["", "![history](history.png)"]
-    if (run_dir / "genome.png").is_file():
-        lines.append("![best genome](genome.png)")
-    return "\n".join(lines) + "\n"
+    if not failures:
+        return []
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(failures.items()))
+    return ["", f"Failed candidates by reason: {counts}"]
 
 
-def parameter_ranges(run_dir: Path) -> dict[str, tuple[float, float]]:
-    path = run_dir / "config.yaml"
-    space = load_yaml(read_text_file(path, what="run config"), str(path)).get("space") or {}
-    lo_w, hi_w = space.get("weight_range", (0.0, 1.0))
-    lo_d, hi_d = space.get("density_range", (0.0, 1.0))
-    return {"weight": (float(lo_w), float(hi_w)), "density": (float(lo_d), float(hi_d))}
+def parameter_ranges(space: PSSpec | DFSSpec) -> dict[str, tuple[float, float]]:
+    if not isinstance(space, PSSpec):
+        return {"weight": (0.0, 1.0), "density": (0.0, 1.0)}
+    return {"weight": space.weight_range, "density": space.density_range}
 
 
 def write_report(run_dir: Path) -> dict[str, Any]:
-    study = open_run(run_dir)
+    run = read_run(run_dir)
+    study = load_run_study(run)
     trials = study.get_trials(deepcopy=False)
     plot_history(trials, run_dir / "history.png")
     best = run_winner(study, trials)
-    rows = genome_table(best.params, parameter_ranges(run_dir)) if best is not None else None
+    ranges = parameter_ranges(run.cfg.space)
+    rows = genome_table(best.params, ranges) if best is not None else None
     if rows:
         plot_genome(rows, run_dir / "genome.png")
     if len(study.directions) > 1:
@@ -270,7 +280,7 @@ def write_report(run_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m evomerge report", description=__doc__)
+    p = make_parser("python -m evomerge report", __doc__)
     p.add_argument("run_dir", type=Path, help="a search run directory, e.g. results/<run>")
     args = p.parse_args(list(argv))
     out = write_report(args.run_dir)

@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.errors import ConfigError
 from evomerge.genome import GenomeSpace
-from evomerge.search.config import OptimizerSpec
+from evomerge.search.config import NSGA2_POPULATION_DEFAULT, OptimizerSpec
 
 
 def make_sampler(
@@ -77,7 +77,9 @@ def nsga2(spec: OptimizerSpec, seed: int) -> BaseSampler:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         crossover = SBXCrossover() if spec.crossover == "sbx" else UniformCrossover()
     return optuna.samplers.NSGAIISampler(
-        population_size=spec.population_size or 50, seed=seed, crossover=crossover
+        population_size=spec.population_size or NSGA2_POPULATION_DEFAULT,
+        seed=seed,
+        crossover=crossover,
     )
 
 

@@ -8,12 +8,14 @@ search; each candidate only swaps that list.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from torch import nn
 
 from evomerge.evaluate import (
     Backend,
+    EvalSettings,
     Objective,
     Results,
     TaskSet,
@@ -22,12 +24,13 @@ from evomerge.evaluate import (
     load_tasks,
     make_backend,
 )
-from evomerge.genome import GenomeSpace
+from evomerge.evaluate.prepared import DocSubset, build_requests
+from evomerge.evaluate.runner import Evaluation
 from evomerge.merge import MergeOptions, SourceCache, merge_into_model
 from evomerge.merge.lora import split_adapter
 from evomerge.merge.path import PathModel, PathStep, recipe_path
 from evomerge.recipe import Recipe
-from evomerge.search.config import SearchConfig
+from evomerge.search.config import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -91,22 +94,35 @@ class CandidateScorer:
             self.backend.set_model(self._paths.model)
         return t1 - t0, time.perf_counter() - t1
 
+    def generate(self, only: DocSubset | None = None) -> Evaluation:
+        """Evaluate the live model on the fitness tasks (with `only`: those documents)."""
+        return evaluate(self.backend, self.tasks, only=only)
+
+    def document_ids(self, names: Iterable[str]) -> dict[str, list[int]]:
+        """The document ids of the named fitness tasks (their requests built once)."""
+        build_requests(self.backend.lm, self.tasks, self.backend.settings)
+        return {name: [i for i, _ in self.tasks.docs[name]] for name in names}
+
     def score(self, recipe: Recipe) -> Scored:
+        """Load the candidate and generate every fitness document: its exact fitness."""
         merge_s, swap_s = self.load(recipe)
-        ev = evaluate(self.backend, self.tasks)
+        ev = self.generate()
         value = fitness(ev.results, self.objective)
         return Scored(value, ev.results, merge_s, swap_s, ev.seconds, ev.generate_seconds)
 
     def evaluate_on(self, recipe: Recipe, tasks: TaskSet) -> Results:
+        """The candidate's results on other tasks (the held-out test, the sources' scores)."""
         self.load(recipe)
         return evaluate(self.backend, tasks).results
 
 
-def make_scorer(cfg: SearchConfig, space: GenomeSpace) -> CandidateScorer:
+def make_scorer(
+    template_model: str, evaluator: EvalSettings, task: TaskSpec, *, merge_on: str, seed: int
+) -> CandidateScorer:
     """The search's scorer: one backend over the space's template model, the fitness tasks
-    built once, and the sources preloaded on `cfg.merge_on`."""
-    template = split_adapter(space.template_model)[0]  # a LoRA source: its base's architecture
-    backend = make_backend(template, cfg.evaluator, host_device=cfg.merge_on)
-    tasks = load_tasks(cfg.task.goals.tasks, cfg.evaluator, extra_paths=cfg.task.include)
-    options = MergeOptions(device=cfg.merge_on, random_seed=cfg.seed, progress=False)
-    return CandidateScorer(backend, tasks, cfg.task.objective, SourceCache(preload=True), options)
+    built once, and the sources preloaded on `merge_on` (DARE's drops seeded by `seed`)."""
+    template = split_adapter(template_model)[0]  # a LoRA source: its base's architecture
+    backend = make_backend(template, evaluator, host_device=merge_on)
+    tasks = load_tasks(task.goals.tasks, evaluator, extra_paths=task.include)
+    options = MergeOptions(device=merge_on, random_seed=seed, progress=False)
+    return CandidateScorer(backend, tasks, task.objective, SourceCache(preload=True), options)

@@ -24,7 +24,6 @@ from optuna.trial import TrialState
 from evomerge.errors import ConfigError
 from evomerge.genome import GenomeSpace
 from evomerge.genome.ps import PSSpace
-from evomerge.search.run_space import RunSpace
 
 GRID_X0 = "grid_x0"  # study user attr: the best grid point (name -> box value)
 GRID_SIZE = "grid_size"  # study user attr: how many of the first trials are grid points
@@ -35,9 +34,8 @@ GRID_DENSITIES = (0.5, 1.0)
 GRID_WAIT_S = 1.0  # a worker with no grid point left polls this often for the others' results
 
 
-def grid_points(space: RunSpace | GenomeSpace) -> list[dict[str, float]]:
+def grid_points(ps: GenomeSpace) -> list[dict[str, float]]:
     """The coarse uniform grid as box points (name -> value in [0, 1])."""
-    ps = space.genome if isinstance(space, RunSpace) else space
     if not isinstance(ps, PSSpace):
         raise ConfigError("space.x0: grid needs a parameter space (space=ps)")
     params = (*ps.parameter_names, *ps.group_parameter_names)
@@ -49,10 +47,8 @@ def grid_points(space: RunSpace | GenomeSpace) -> list[dict[str, float]]:
     for ws, d in combos:
         per_model = dict(zip(ps.model_names, ws, strict=True))
         point = {}
-        for name in ps.names:
-            head, param = name.rsplit(".", 1)
-            model = head.rsplit(".", 1)[-1]
-            value = per_model.get(model, 1.0) if param == "weight" else d
+        for name, model, param in ps.coordinates:
+            value = per_model.get(model or "", 1.0) if param == "weight" else d
             low, high = ps.range_of(param)
             point[name] = float(np.clip((value - low) / (high - low), 0.0, 1.0))
         points.append(point)
@@ -62,8 +58,8 @@ def grid_points(space: RunSpace | GenomeSpace) -> list[dict[str, float]]:
 class GridStart:
     """The grid phase of one worker: which sampler to use before each candidate."""
 
-    def __init__(self, space: GenomeSpace, make: Callable[[np.ndarray], BaseSampler]) -> None:
-        self.space = space
+    def __init__(self, names: tuple[str, ...], make: Callable[[np.ndarray], BaseSampler]) -> None:
+        self.names = names
         self.make = make  # x0 -> the run's sampler
         self.done = False
 
@@ -86,7 +82,7 @@ class GridStart:
                 time.sleep(GRID_WAIT_S)
                 return False
             study.set_user_attr(GRID_X0, stored)
-        study.sampler = self.make(np.array([stored[n] for n in self.space.names]))
+        study.sampler = self.make(np.array([stored[n] for n in self.names]))
         self.done = True
         return True
 

@@ -27,7 +27,9 @@ def measure_overhead(cfg: SearchConfig, candidates: int = 20, seed: int = 0) -> 
     t0 = time.perf_counter()
     space = build_space(cfg)
     t1 = time.perf_counter()
-    scorer = make_scorer(cfg, space)
+    scorer = make_scorer(
+        space.template_model, cfg.evaluator, cfg.task, merge_on=cfg.merge_on, seed=cfg.seed
+    )
     _ = scorer.backend.lm  # the lm-eval model wrapper is built once, on first use
     t2 = time.perf_counter()
     rng = np.random.default_rng(seed)

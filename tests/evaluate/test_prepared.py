@@ -36,3 +36,30 @@ def test_toy_tasks_match_lm_eval_across_weight_swaps(toy_cache, limit):
         assert ours == reference(backend, tasks, settings)
         assert set(ours["toy_mgsm_ja_fit"]) == {"acc", "correct", "ja"}
         assert all(0 < n <= 8 for n in tokens.values())  # the toy tasks' max_gen_toks
+
+
+def test_the_private_instances_list_that_restricted_swaps_is_lm_evals():
+    """evaluate/prepared.py's `restricted` swaps lm-eval's private `task._instances` so that
+    the task's filters run over the generated requests only. This pins that reach to the
+    installed lm-eval: the filters and `instances` read that attribute, and the swap is undone."""
+    import inspect
+
+    from lm_eval.api.task import Task
+
+    from evomerge.evaluate.prepared import restricted
+
+    assert "self._instances" in inspect.getsource(Task.apply_filters)
+    assert "self._instances" in inspect.getsource(Task.instances.fget)
+    tasks = load_tasks(["toy_mgsm_ja_fit"], EvalSettings(limit=4))
+    task = tasks.tasks["toy_mgsm_ja_fit"]
+    task.build_all_requests(limit=4, rank=0, world_size=1)
+    every = list(task.instances)
+    assert len(every) == 4
+    every[0].resps.append("二")  # one request generated, the other three not
+    with pytest.raises(IndexError):
+        task.apply_filters()  # over every request: the ungenerated ones have no response
+    with restricted(task, every[:1]):
+        assert task.instances == every[:1]
+        task.apply_filters()  # over the generated one only
+    assert task.instances == every
+    assert every[0].filtered_resps and not every[1].filtered_resps

@@ -233,3 +233,23 @@ def test_the_registry_decides_what_a_genome_holds():
         assert set(s.parameter_names) | set(s.group_parameter_names) == set(genome)
         assert {n.rsplit(".", 1)[1] for n in s.names} == set(genome)
         assert (decode(s, s.x0()).base_model is not None) == METHODS[name].needs_base
+
+
+def test_coordinates_name_each_coordinate_with_its_model_and_parameter():
+    """The one place PS coordinate names are taken apart: `coordinates` for a space at hand,
+    `split_coordinate` for names read back from a study."""
+    from evomerge.genome.ps import split_coordinate
+
+    with_group = 0
+    for method in SEARCHABLE:
+        s = space(method=method, layers=4, k=2)
+        assert [name for name, _, _ in s.coordinates] == list(s.names)
+        for name, model, parameter in s.coordinates:
+            assert name.endswith(f".{parameter}")
+            with_group += model is None
+            if model is not None:
+                assert model in s.model_names and name.endswith(f".{model}.{parameter}")
+                assert split_coordinate(name) == (name.rsplit(".", 2)[0], model, parameter)
+    assert with_group  # some method has a per-group parameter
+    assert split_coordinate("layers.0-3.math_en.weight") == ("layers.0-3", "math_en", "weight")
+    assert split_coordinate("weight") is None

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 
+from evomerge.config import compose, dump_config
 from evomerge.errors import SearchError
 from evomerge.search.dashboard import run_storage
 from evomerge.search.study import sqlalchemy_url
@@ -25,8 +25,8 @@ START_S = 60  # the server imports optuna-dashboard and opens the storage first
 def _tiny_study(run_dir: Path, storage: str | None) -> optuna.Study:
     run = f"dash-{uuid.uuid4().hex[:8]}"
     run_dir.mkdir(parents=True)
-    config = {"run": run, "storage": storage}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    config = compose("search", [f"run={run}", *([f"storage={storage}"] if storage else [])])
+    (run_dir / "config.yaml").write_text(dump_config(config))
     url = sqlalchemy_url(storage) if storage else f"sqlite:///{run_dir / 'study.db'}"
     study = optuna.create_study(study_name=run, storage=url, direction="maximize")
     dist = optuna.distributions.FloatDistribution(0.0, 1.0)
@@ -90,7 +90,7 @@ def test_dashboard_serves_the_runs_trials(tmp_path: Path, storage: str | None) -
 def test_dashboard_refuses_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
     with pytest.raises(SearchError, match=r"no config\.yaml; not a search run directory"):
         run_storage(tmp_path)
-    (tmp_path / "config.yaml").write_text("run: r\n")
+    (tmp_path / "config.yaml").write_text(dump_config(compose("search", ["run=r"])))
     with pytest.raises(SearchError, match=r"no study\.db; has the search started"):
         run_storage(tmp_path)
     r = subprocess.run(

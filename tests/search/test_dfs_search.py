@@ -18,10 +18,10 @@ from evomerge.merge import merge_to_disk
 from evomerge.merge.multistage import load_stages, merge_recipe_file
 from evomerge.model_ref import resolve_reference
 from evomerge.recipe import dump_recipe, load_recipe
-from evomerge.search.budget import FAILURE
 from evomerge.search.config import search_config
 from evomerge.search.loop import run_search
 from evomerge.search.space import build_space
+from evomerge.search.trial_record import FAILURE
 from evomerge_dev.testing import SMALL_SEARCH
 
 FAST = [

@@ -12,13 +12,14 @@ from evomerge.__main__ import main
 from evomerge.config import compose
 from evomerge.errors import ConfigError
 from evomerge.evaluate.estimator import ItemPlan
-from evomerge.search.budget import FAILURE, Ledger, budget_held, trials_done
+from evomerge.search.budget import Ledger, budget_held, trials_done
 from evomerge.search.config import search_config
-from evomerge.search.estimation import BITS, PLAN_ATTR, RESCORED, WINNER, Estimation, stops
 from evomerge.search.loop import make_scorer, run_search
 from evomerge.search.report import generation_cost, summary_markdown
+from evomerge.search.scoring_policy import PLAN_ATTR, RESCORED, WINNER, Estimation, stops
 from evomerge.search.space import build_space
 from evomerge.search.study import best_trial
+from evomerge.search.trial_record import BITS, FAILURE
 from evomerge.search.warmstart import GRID_SIZE, GRID_X0, grid_points
 from evomerge_dev.testing import SMALL_SEARCH
 
@@ -113,7 +114,7 @@ def test_a_subset_search_generates_its_subset_and_rescores_the_winner(toy_cache,
 
 
 def test_redraw_gives_each_generation_its_own_documents(toy_cache, tmp_path, monkeypatch):
-    import evomerge.search.estimation as estimation
+    import evomerge.search.scorer as scorer
 
     generated = []  # the documents each candidate generated, in order
 
@@ -121,8 +122,8 @@ def test_redraw_gives_each_generation_its_own_documents(toy_cache, tmp_path, mon
         generated.append(None if only is None else tuple(sorted(only[FIT])))  # None: in full
         return evaluate(backend, tasks, only=only)
 
-    evaluate = estimation.evaluate
-    monkeypatch.setattr(estimation, "evaluate", recording)
+    evaluate = scorer.evaluate
+    monkeypatch.setattr(scorer, "evaluate", recording)
     sub = ("estimator=subset", "estimator.n=10", "estimator.redraw=generation")
     cfg = config(tmp_path, "run=redraw", *sub, "optimizer.n_trials=13")
     run_search(cfg, progress=False)
@@ -265,7 +266,7 @@ def test_the_ledger_picks_the_best_as_the_study_does_with_two_objectives(tmp_pat
 
 def test_grid_points_are_uniform_merges_of_the_space(toy_cache, tmp_path):
     space = build_space(config(tmp_path))
-    points = grid_points(space)
+    points = grid_points(space.genome)
     assert len(points) == 3 * 3 * 2  # weights per source (2 sources), densities
     seen = set()
     for p in points:
@@ -305,6 +306,9 @@ def test_x0_grid_scores_the_grid_then_starts_cmaes_at_its_best(toy_cache, tmp_pa
 
 def test_the_universe_is_every_fitness_document(toy_cache, tmp_path):
     cfg = config(tmp_path)
-    scorer = make_scorer(cfg, build_space(cfg))
+    space = build_space(cfg)
+    scorer = make_scorer(
+        space.template_model, cfg.evaluator, cfg.task, merge_on=cfg.merge_on, seed=cfg.seed
+    )
     est = Estimation(cfg.estimator, cfg.task.objective, scorer, tmp_path, 4)
     assert est.universe() == {FIT: list(range(40))}

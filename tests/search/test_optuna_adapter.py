@@ -5,6 +5,7 @@ fail when an Optuna release changes one of them (a private attribute, the heartb
 retry history, the text of an error), and a scan fails when one appears anywhere else.
 """
 
+import ast
 import re
 import time
 from pathlib import Path
@@ -19,8 +20,32 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore::optuna.exceptions.ExperimentalWarning",
     "ignore:Heartbeat of storage is supposed to be used with Study.optimize:UserWarning",
 )
-# What only the adapter may name: private attributes, the heartbeat table, retry bookkeeping.
-PRIVATE = re.compile(r"\._storage\b|\._trial_id\b|\._backend\b|trial_heartbeats|retry_history")
+
+
+def private_names(source: str) -> set[str]:
+    """Private names a module reaches: `x._name`, `getattr(x, "_name")` and private modules
+    imported from."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif isinstance(node, ast.ImportFrom):  # a private module: optuna.storages._heartbeat
+            found.update((node.module or "").split("."))
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "getattr":
+            name = node.args[1] if len(node.args) > 1 else None
+            if isinstance(name, ast.Constant) and isinstance(name.value, str):
+                found.add(name.value)
+    return {n for n in found if n.startswith("_") and n[1:2] != "_"}
+
+
+# The private attributes the adapter reaches, read from its source.
+ADAPTER_PRIVATE = private_names(Path(adapter.__file__).read_text(encoding="utf-8"))
+# What only the adapter may name: those attributes, the heartbeat table, retry bookkeeping.
+PRIVATE = re.compile(
+    "|".join(rf"\.{re.escape(n)}\b|[\"']{re.escape(n)}[\"']" for n in sorted(ADAPTER_PRIVATE))
+    + "|trial_heartbeats"
+    + "|retry_history"
+)
 
 
 def study(tmp_path: Path) -> optuna.Study:
@@ -109,3 +134,57 @@ def test_only_the_adapter_reaches_into_optuna() -> None:
         if PRIVATE.search(line) and not line.lstrip().startswith("#")
     ]
     assert offenders == []
+
+
+def test_the_guard_covers_every_private_name_the_adapter_uses() -> None:
+    """The scan above looks for each of them; here they are named, so that a new reach in the
+    adapter is a reviewed change to this list."""
+    assert {
+        "_backend",
+        "_get_trials",
+        "_heartbeat",
+        "_storage",
+        "_study_id",
+        "_trial_id",
+    } == ADAPTER_PRIVATE
+    for name in ADAPTER_PRIVATE:
+        assert PRIVATE.search(f"study.{name}") and PRIVATE.search(f'getattr(s, "{name}")')
+
+
+def test_the_private_names_exist_in_the_installed_optuna(tmp_path: Path) -> None:
+    s = study(tmp_path)
+    trial = s.ask()
+    storage = adapter.storage_of(s)
+    backend = getattr(storage, "_backend", storage)
+    assert isinstance(backend, optuna.storages.RDBStorage)
+    assert isinstance(getattr(s, "_study_id"), int)  # noqa: B009 (the name is the point)
+    assert adapter.trial_id(trial) == getattr(trial, "_trial_id")  # noqa: B009
+    assert callable(getattr(backend, "_get_trials"))  # noqa: B009
+
+
+def test_trials_since_reads_new_and_open_trials_in_one_query(tmp_path: Path) -> None:
+    s = study(tmp_path)
+    first = s.ask()
+    s.tell(first, 1.0)
+    second, third = s.ask(), s.ask()
+    s.tell(third, 2.0)
+    ids = [adapter.trial_id(t) for t in (first, second, third)]
+    got = adapter.trials_since(s, ids[1], {ids[0]})
+    assert sorted(adapter.trial_id(t) for t in got) == [ids[0], ids[2]]
+    assert {adapter.trial_id(t): t.state for t in got}[ids[2]] == TrialState.COMPLETE
+
+
+def test_the_heartbeat_thread_beats_for_an_asked_trial(tmp_path: Path) -> None:
+    """The trial source asks and tells itself; the heartbeat Optuna's optimize() would run
+    comes from the adapter, and a stale trial is failed and retried as optimize() would."""
+    s = study(tmp_path)
+    trial = adapter.ask(s)
+    with adapter.heartbeat_thread(trial):
+        time.sleep(1.5)  # one beat interval
+        beating = adapter.trials_with_heartbeat(s, s.get_trials(deepcopy=False))
+    assert beating == {adapter.trial_id(trial)}
+    trial.suggest_float("x", 0.0, 1.0)
+    time.sleep(3.5)  # no beat since: past the grace period
+    adapter.fail_stale_trials(s)
+    failed, retry = s.get_trials(deepcopy=False)
+    assert failed.state == TrialState.FAIL and retry.state == TrialState.WAITING

@@ -81,7 +81,7 @@ def test_export_materializes_the_best_recipe(run_dir, tmp_path):
 
 
 def test_commands_refuse_a_directory_that_is_not_a_run(tmp_path):
-    with pytest.raises(SearchError, match=r"no best_recipe\.yaml"):
+    with pytest.raises(SearchError, match=r"no config\.yaml; not a search run directory"):
         export_run(tmp_path)
     for cmd in ("export", "report"):
         r = subprocess.run(

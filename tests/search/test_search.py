@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -19,7 +18,7 @@ from evomerge.errors import ConfigError, SearchError
 from evomerge.evaluate import EvalSettings, evaluate, fitness, load_tasks, make_backend
 from evomerge.merge import merge_to_disk
 from evomerge.recipe import load_recipe
-from evomerge.search.budget import Ledger, fail_abandoned_trials
+from evomerge.search.budget import fail_abandoned_trials
 from evomerge.search.config import search_config
 from evomerge.search.loop import run_search
 from evomerge.search.space import build_space
@@ -308,24 +307,25 @@ class Killed(BaseException):
 
 @HEARTBEAT_WARNINGS
 def test_a_worker_killed_right_after_its_first_parameter_leaves_a_trial_that_is_retried(
-    tmp_path,
+    tmp_path, monkeypatch
 ):
-    """Optuna's heartbeat thread writes its first beat concurrently with the objective: the
+    """Optuna's heartbeat thread writes its first beat concurrently with the candidate: the
     trial's first beat must be on record before its first parameter is."""
-    from evomerge.search.loop import objective
+    import contextlib
+
+    import evomerge.search.optuna_adapter as adapter
+    from evomerge.search.source import SourceSpec, StopFlag, TrialSource
 
     study = optuna.create_study(storage=heartbeat_storage(tmp_path))
-    trial = study.ask()  # no heartbeat thread: the worker dies before it would first beat
-
-    def die(x):
-        raise Killed
-
-    space = SimpleNamespace(names=["layers.0.a.weight", "layers.0.b.weight"], decode=die)
-    with pytest.raises(Killed):
-        budget = SimpleNamespace(optimizer=SimpleNamespace(n_trials=10))
-        run = SimpleNamespace(space=space, cfg=budget, ledger=Ledger(study), worker="w")
-        objective(trial, run)
-    assert set(study.trials[0].params) == set(space.names)
+    names = ("layers.0.a.weight", "layers.0.b.weight")
+    spec = SourceSpec(budget=10, heartbeat_s=1, generation_size=4)
+    source = TrialSource(study, names, spec, StopFlag(), "w", lambda x0: study.sampler)
+    # the worker dies before its heartbeat thread would first beat
+    monkeypatch.setattr(adapter, "heartbeat_thread", lambda trial: contextlib.nullcontext())
+    trial = source.ask()
+    assert trial is not None
+    source.genome(trial)  # its parameters; then the worker is killed (nothing is told)
+    assert set(study.trials[0].params) == set(names)
     time.sleep(2.5)  # past the grace period (the storage keeps whole seconds)
     optuna.storages.fail_stale_trials(study)
     first, retry = study.trials
@@ -361,8 +361,8 @@ def test_a_retry_taken_by_a_worker_killed_before_its_first_heartbeat_is_retried(
 def test_candidate_seconds_leave_out_trials_abandoned_by_a_killed_worker():
     from datetime import datetime, timedelta
 
-    from evomerge.search.budget import FAILURE
     from evomerge.search.report import candidate_seconds
+    from evomerge.search.trial_record import FAILURE
 
     t0 = datetime(2026, 1, 1)
     dist = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}

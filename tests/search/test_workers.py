@@ -19,8 +19,9 @@ import psycopg2
 import pytest
 from optuna.trial import TrialState
 
-from evomerge.search.budget import SURPLUS, trials_done
+from evomerge.search.budget import trials_done
 from evomerge.search.study import sqlalchemy_url
+from evomerge.search.trial_record import SURPLUS
 from evomerge_dev.testing import SMALL_SEARCH
 from evomerge_dev.testing_postgres import ENV_URL, create_database, server_bin_dir, throwaway_server
 

@@ -10,16 +10,16 @@ import optuna
 from optuna.study import StudyDirection
 
 from evomerge.errors import SearchError
-from evomerge.evaluate import Results, load_tasks
+from evomerge.evaluate import EvalSettings, Results, load_tasks
 from evomerge.evaluate.objectives import Objectives, SourceScores
 from evomerge.model_ref import resolve_reference
 from evomerge.recipe import ModelSpec, Recipe
-from evomerge.search.config import SearchConfig
-from evomerge.search.pareto import OBJECTIVES
+from evomerge.search.config import ModelsSpec, TaskSpec
+from evomerge.search.pareto import OBJECTIVE_NAMES
 from evomerge.search.scorer import CandidateScorer
+from evomerge.search.trial_record import write_objectives
 
 SOURCE_SCORES = "source_scores"  # study user attr: {source: {task: {metric: value}}}
-OBJECTIVE_NAMES = "objective_names"  # study user attr: the objectives' names, in order
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class RunGoals:
         values = self.objectives.values(results)
         names = self.objectives.names
         if len(values) > 1:
-            trial.set_user_attr(OBJECTIVES, dict(zip(names, values, strict=True)))
+            write_objectives(trial, dict(zip(names, values, strict=True)))
         for c, v in zip(
             self.objectives.constraints,
             self.objectives.violations(results, self.sources),
@@ -82,35 +82,24 @@ def source_scores(
     return stored
 
 
-def primary_value(trial: optuna.trial.FrozenTrial) -> float | None:
-    """The first objective's value (the fitness of a one-objective run); None if unscored."""
-    return None if not trial.values else float(trial.values[0])
-
-
-def describe(trial: optuna.trial.FrozenTrial) -> str:
-    """`fitness 0.43` or `target 0.41, math_en 0.85, lang_ja 0.93` for file headers."""
-    named = trial.user_attrs.get(OBJECTIVES)
-    if named:
-        return ", ".join(f"{k} {v!r}" for k, v in named.items())
-    value = primary_value(trial)
-    if value is None:
-        raise SearchError(f"trial {trial.number} has no value")
-    return f"fitness {value!r}"
-
-
-def source_recipe(cfg: SearchConfig, name: str) -> Recipe:
+def source_recipe(models: ModelsSpec, name: str) -> Recipe:
     """A recipe that gives back the source model `name` as it is (linear, weight 1)."""
-    ref = dict(cfg.models.sources)[name]
-    model = resolve_reference(ref, cfg.models.toy_size)
-    return Recipe("linear", models=(ModelSpec(model, {"weight": 1.0}),), dtype=cfg.models.dtype)
+    model = resolve_reference(dict(models.sources)[name], models.toy_size)
+    return Recipe("linear", models=(ModelSpec(model, {"weight": 1.0}),), dtype=models.dtype)
 
 
-def run_goals(cfg: SearchConfig, study: optuna.Study, scorer: CandidateScorer) -> RunGoals:
+def run_goals(
+    task: TaskSpec,
+    models: ModelsSpec,
+    evaluator: EvalSettings,
+    study: optuna.Study,
+    scorer: CandidateScorer,
+) -> RunGoals:
     """The run's objectives with its sources scored (once per study) where constraints need."""
-    objectives = cfg.task.goals
+    objectives = task.goals
 
     def score(name: str, tasks: list[str]) -> Results:
-        task_set = load_tasks(tasks, cfg.evaluator, extra_paths=cfg.task.include)
-        return scorer.evaluate_on(source_recipe(cfg, name), task_set)
+        task_set = load_tasks(tasks, evaluator, extra_paths=task.include)
+        return scorer.evaluate_on(source_recipe(models, name), task_set)
 
     return RunGoals(objectives, source_scores(study, objectives, score))

@@ -1,5 +1,6 @@
-"""The estimator inside a search: which documents a candidate generates, its (estimated)
-fitness, racing, the plan stored with the study, and the winner's full-split re-score.
+"""The estimator inside a search, a policy over the one scorer (scorer.py): which documents a
+candidate generates, its (estimated) fitness, racing, the plan stored with the study, and the
+winner's full-split re-score.
 
 The plan (evaluate/estimator.py's ItemPlan) is fitted once per run, from the first
 `fit_trials` candidates scored in full, and stored as the study user attribute `PLAN_ATTR` (and,
@@ -21,7 +22,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from evomerge.evaluate import Objective, Results, evaluate, fitness
+from evomerge.evaluate import Objective, Results, fitness
 from evomerge.evaluate.estimator import (
     EstimatorSpec,
     ItemPlan,
@@ -35,14 +36,13 @@ from evomerge.evaluate.estimator import (
     random_plan,
     upper_bound,
 )
-from evomerge.evaluate.prepared import build_requests
 from evomerge.evaluate.runner import Evaluation
 from evomerge.files import write_text_atomic
 from evomerge.recipe import Recipe
 from evomerge.search.scorer import CandidateScorer, Scored
+from evomerge.search.trial_record import TrialRecord
 
 PLAN_ATTR = "estimator_plan"  # study user attr: the fitted ItemPlan (JSON)
-BITS = "item_bits"  # trial user attr: "task/metric" -> 0/1 per document, when scored in full
 RESCORED = "full_rescores"  # study user attr: trial number -> its full-split fitness, items
 WINNER = "winner"  # study user attr of a run with estimates: {trial, fitness} on the full split
 
@@ -80,9 +80,7 @@ class Estimation:
 
     def universe(self) -> dict[str, list[int]]:
         """Every objective task's document ids (building the requests once)."""
-        b = self.scorer.backend
-        build_requests(b.lm, self.scorer.tasks, b.settings)
-        return {c[0]: [i for i, _ in self.scorer.tasks.docs[c[0]]] for c in columns(self.objective)}
+        return self.scorer.document_ids(dict.fromkeys(c[0] for c in columns(self.objective)))
 
     def plan(self, study: optuna.Study) -> ItemPlan:
         """The run's plan, or the full plan while the calibration candidates are scored."""
@@ -139,10 +137,9 @@ class Estimation:
     def _generate(self, plan: ItemPlan, median: float | None) -> tuple[list[Evaluation], bool]:
         """The plan's documents in one pass, or in chunks until the candidate's upper bound
         falls below the generation's median (racing: one-term objectives)."""
-        b, tasks = self.scorer.backend, self.scorer.tasks
         only = None if plan.full else plan.items
         if median is None:
-            return [evaluate(b, tasks, only=only)], False
+            return [self.scorer.generate(only)], False
         col = columns(self.objective)[0]
         order = race_order(plan, col[0], self.spec.seed)
         weight = self.objective.terms[0].weight
@@ -150,7 +147,7 @@ class Estimation:
         seen, hits = 0, 0.0
         for start in range(0, len(order), self.spec.chunk):
             chunk = order[start : start + self.spec.chunk]
-            evs.append(evaluate(b, tasks, only={col[0]: chunk}))
+            evs.append(self.scorer.generate({col[0]: chunk}))
             values = item_column(evs[-1], col)
             seen, hits = seen + len(chunk), hits + sum(values[i] for i in chunk)
             if stops(hits, seen, len(order), median / weight, self.spec.race_z):
@@ -170,9 +167,9 @@ class Estimation:
         top = sorted(done, key=lambda t: (-t.values[0], t.number))[: self.spec.rescore_top]
         kept: dict[str, Any] = dict(study.user_attrs.get(RESCORED, {}))
         for t in top:
-            if t.user_attrs.get("estimated") and str(t.number) not in kept:
+            if TrialRecord.of(t).estimated and str(t.number) not in kept:
                 self.scorer.load(decode(t))
-                ev = evaluate(self.scorer.backend, self.scorer.tasks)
+                ev = self.scorer.generate()
                 kept[str(t.number)] = {
                     "fitness": fitness(ev.results, self.objective),
                     "metrics": ev.results,
@@ -181,8 +178,9 @@ class Estimation:
                 study.set_user_attr(RESCORED, kept)
 
         def full(t: FrozenTrial) -> tuple[float, Results | None]:
-            if not t.user_attrs.get("estimated"):
-                return t.values[0], t.user_attrs.get("metrics")
+            rec = TrialRecord.of(t)
+            if not rec.estimated:
+                return t.values[0], rec.metrics
             return kept[str(t.number)]["fitness"], kept[str(t.number)]["metrics"]
 
         winner = max(top, key=lambda t: (full(t)[0], -t.number))
@@ -215,8 +213,9 @@ def calibration_rows(study: optuna.Study, fit_trials: int) -> list[dict[str, str
     for t in study.get_trials(deepcopy=False):
         if t.state in (TrialState.RUNNING, TrialState.WAITING):
             return None
-        if t.state == TrialState.COMPLETE and BITS in t.user_attrs:
-            rows.append(t.user_attrs[BITS])
+        bits = TrialRecord.of(t).bits
+        if t.state == TrialState.COMPLETE and bits is not None:
+            rows.append(bits)
             if len(rows) == fit_trials:
                 return rows
     return None
