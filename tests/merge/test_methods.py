@@ -207,3 +207,21 @@ def test_slerp_in_row_blocks_equals_the_whole_tensor_formula(monkeypatch) -> Non
     c0 = float(torch.sin(0.7 * theta) / torch.sin(theta))
     c1 = float(torch.sin(0.3 * theta) / torch.sin(theta))
     torch.testing.assert_close(out, c0 * v0 + c1 * v1, rtol=1e-6, atol=1e-6)
+
+
+def test_slerp_angle_of_a_large_near_collinear_pair_is_exact() -> None:
+    """A million-entry pair just inside the lerp threshold (|cos| > 0.9995) is lerped.
+
+    bf16-valued entries (a half-precision base converted to float32) make a float32 dot of a
+    million entries drift by ~1e-5 relative, enough to cross the threshold and slerp instead
+    (the real-checkpoint oracle's embeddings; mergekit lerps)."""
+    from evomerge.merge.methods import interpolation
+
+    gen = torch.Generator().manual_seed(0)
+    v0 = torch.randn(1024, 1024, generator=gen).bfloat16().float()
+    v1 = v0 + 0.0314 * torch.randn(1024, 1024, generator=gen)
+    a, b = v0.double().reshape(-1), v1.double().reshape(-1)
+    cos = float(a @ b / (a.norm() * b.norm()))
+    assert 0.9995 < cos < 0.99952  # exact angle: inside the threshold, by less than the drift
+    out = interpolation.slerp([v1], v0, MergeArgs(shared={"t": 0.6}))
+    torch.testing.assert_close(out, 0.4 * v0 + 0.6 * v1, rtol=0, atol=1e-6)

@@ -40,10 +40,12 @@ def slerp(tensors: Sequence[Tensor], base: Tensor | None, args: MergeArgs) -> Te
     v0, v1 = base, tensors[0]
     compute = torch.promote_types(torch.promote_types(v0.dtype, v1.dtype), torch.float32)
     t = float(args.shared["t"])
-    # |a|^2, |b|^2 and <a, b> from row blocks, summed in float64 (mergekit normalizes whole
-    # copies first; the same value to ~1e-7)
+    # |a|^2, |b|^2 and <a, b> from row blocks, each block's dot products in float64 too: a
+    # float32 dot of a million entries (BLAS accumulates them one by one) is off by up to ~1e-3
+    # relative, enough to move a near-collinear pair across the lerp threshold. mergekit's
+    # float32 norms and dot use pairwise sums; both agree with the exact value to ~1e-7.
     aa = bb = ab = 0.0
-    for x, y in zip(_blocks(v0, compute), _blocks(v1, compute), strict=True):
+    for x, y in zip(_blocks(v0, torch.float64), _blocks(v1, torch.float64), strict=True):
         aa += float(torch.dot(x, x))
         bb += float(torch.dot(y, y))
         ab += float(torch.dot(x, y))
