@@ -27,7 +27,7 @@ from evomerge.genome.ps import PSSpace
 
 GRID_X0 = "grid_x0"  # study user attr: the best grid point (name -> box value)
 GRID_SIZE = "grid_size"  # study user attr: how many of the first trials are grid points
-# Per-source weights: the toy's good uniform merges weigh sources 0.75-1.5 (results/README.md,
+# Per-source weights: the toy's good uniform merges weigh sources 0.75-1.5 (results/history.md,
 # toy grid). Densities: the default's half, and no drop. 3 x 3 x 2 = 18 points for two sources.
 GRID_WEIGHTS = (0.5, 1.0, 1.5)
 GRID_DENSITIES = (0.5, 1.0)
