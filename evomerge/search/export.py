@@ -38,7 +38,7 @@ def export_run(
     summary = read_summary(run_dir)
     if trial is not None:
         scored = scored_trial(run, trial)
-        recipe = genome_recipe(build_space(run.cfg), scored)
+        recipe = trial_recipe(run, trial)
         summary = trial_summary(scored, summary)
         target = out or run_dir / f"trial_{trial}_model"
     else:
@@ -62,6 +62,12 @@ def export_run(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def trial_recipe(run: RunFiles | Path, number: int) -> Recipe:
+    """The recipe of scored trial `number` of a run (its files, or its directory)."""
+    run = read_run(run) if isinstance(run, Path) else run
+    return genome_recipe(build_space(run.cfg), scored_trial(run, number))
 
 
 def trial_summary(t: FrozenTrial, summary: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from evomerge.search.budget import FAILURE
+from evomerge.search.trial_record import FAILURE
 from evomerge_dev.analysis.compare import (
     RunResult,
     best_so_far,
