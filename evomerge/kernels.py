@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from collections.abc import Mapping
 
 # ATen's vectorized kernels (elementwise math, reductions, softmax): AVX2, not AVX-512.
@@ -54,6 +55,15 @@ def environment_is_pinned(env: Mapping[str, str] | None = None) -> bool:
     return all(env.get(k) == v for k, v in PINNED_KERNELS.items())
 
 
+def pins_in_force() -> bool:
+    """True if this process computes with the pinned kernels: the environment pins them and
+    torch, if it has loaded, started under them (a pin set after torch loaded changes nothing)."""
+    if not environment_is_pinned():
+        return False
+    torch = sys.modules.get("torch")
+    return torch is None or torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
 def cpu_flags() -> set[str]:
     """This CPU's feature flags as Linux names them (empty where /proc/cpuinfo is absent)."""
     try:
@@ -76,9 +86,10 @@ def cpu_runs_pinned_kernels() -> bool:
 def pin_for_this_process(threads: int | None = None) -> None:
     """Set the pins in this process's environment, where the user did not choose otherwise.
 
-    Takes effect only if torch has not loaded yet; the command line calls it first thing.
+    Does nothing once torch has loaded (the choices are read when it loads); the command line
+    calls it first thing.
     """
-    if not cpu_runs_pinned_kernels():
+    if "torch" in sys.modules or not cpu_runs_pinned_kernels():
         return
     for name, value in PINNED_KERNELS.items():
         os.environ.setdefault(name, value)

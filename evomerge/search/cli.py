@@ -37,7 +37,9 @@ def main(argv: Sequence[str]) -> int:
     cfg = search_config(raw)
     check_environment(cfg)
     set_up_process(cfg)
-    # Everything that can reject the command runs before the run directory is touched.
+    # Everything that can reject the command runs before the run directory is touched
+    # (building a ps_dfs space writes its PS model there: the resumed run's meaning first).
+    check_resumable(cfg, None)
     space = build_space(cfg)
     check_resumable(cfg, space)
     check_task_names([*cfg.task.goals.tasks, *cfg.task.test], cfg.task.include)

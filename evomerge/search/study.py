@@ -111,9 +111,11 @@ def opened_study(cfg: SearchConfig, space: GenomeSpace) -> Iterator[optuna.Study
         close_storage(study)
 
 
-def check_resumable(cfg: SearchConfig, space: GenomeSpace) -> None:
-    """Refuse, before anything is written, a run whose existing study has another space or
-    gives fitness another meaning."""
+def check_resumable(cfg: SearchConfig, space: GenomeSpace | None) -> None:
+    """Refuse, before anything is written, a run whose existing study gives fitness another
+    meaning or (given the space) has another space. Without the space it checks the meaning
+    only: the entry point does that before building the space, which for `space=ps_dfs`
+    writes `<run_dir>/ps_model`."""
     if cfg.storage is None and not (cfg.run_dir / "study.db").is_file():
         return  # a new run
     try:
@@ -122,7 +124,8 @@ def check_resumable(cfg: SearchConfig, space: GenomeSpace) -> None:
         return
     if not stored:
         return  # no such study yet
-    check_fingerprint(cfg, space, stored.get("space_fingerprint"))
+    if space is not None:
+        check_fingerprint(cfg, space, stored.get("space_fingerprint"))
     check_fitness_meaning(cfg, stored.get(FITNESS_MEANING) or previous_meaning(cfg))
 
 

@@ -29,8 +29,8 @@ from evomerge.errors import ConfigError
 from evomerge.kernels import (
     PINNED_KERNELS,
     cpu_runs_pinned_kernels,
-    environment_is_pinned,
     pinned_environment,
+    pins_in_force,
 )
 from evomerge.toy.family import (
     BASE_MIX,
@@ -213,10 +213,7 @@ def _rename(tmp: Path, out: Path) -> None:
 
 def kernels_in_use() -> dict[str, Any]:
     """What decided this process's arithmetic: ATen's kernel level and the pins in force."""
-    return {
-        "capability": torch.backends.cpu.get_cpu_capability(),
-        "pinned": environment_is_pinned(),
-    }
+    return {"capability": torch.backends.cpu.get_cpu_capability(), "pinned": pins_in_force()}
 
 
 def build_family_pinned(

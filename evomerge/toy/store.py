@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import ConfigError
-from evomerge.kernels import environment_is_pinned
+from evomerge.kernels import pins_in_force
 from evomerge.toy.build import (
     FAMILY_VERSION,
     MANIFEST,
@@ -192,7 +192,7 @@ def ensure_family(
     target = root / family_dirname(size)
     if (target / MANIFEST).is_file():
         return load_family(target)
-    build = build_family_pinned if pinned and not environment_is_pinned() else build_family
+    build = build_family_pinned if pinned and not pins_in_force() else build_family
     try:
         return build(target, size, threads=threads, progress=True)
     except ConfigError:

@@ -93,3 +93,18 @@ def test_a_study_from_before_the_record_is_checked_against_its_config_yaml(start
     other = search_config(compose("search", [*base, "seed=5"]))
     with pytest.raises(SearchError, match="seed: run 'r' was started with 0, this command has 5"):
         check_resumable(other, build_space(other))
+
+
+def test_a_change_of_fitness_is_refused_before_the_space_is_built(started, capsys, monkeypatch):
+    # space=ps_dfs builds its PS model into the run directory while the space is built
+    import evomerge.search.cli as search_cli
+
+    def build(cfg):
+        raise AssertionError("the space was built before the resume was checked")
+
+    monkeypatch.setattr(search_cli, "build_space", build)
+    before = files(started / "r")
+    capsys.readouterr()
+    assert search(started, "optimizer.n_trials=1", "seed=5") == 2
+    assert "seed: run 'r' was started with" in capsys.readouterr().err
+    assert files(started / "r") == before

@@ -1,6 +1,7 @@
 """The pinned build: the recorded bytes on any x86-64 machine with AVX2, and pins that matter."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,23 @@ from evomerge.toy.store import (
 needs_avx2 = pytest.mark.skipif(
     not cpu_runs_pinned_kernels(), reason="the pinned kernels need x86-64 with AVX2"
 )
+
+
+def test_pins_set_after_torch_loaded_are_not_taken_for_pins_in_force(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    import torch
+
+    from evomerge.kernels import pin_for_this_process, pins_in_force
+
+    clean = {k: v for k, v in os.environ.items() if k not in PINNED_KERNELS}
+    monkeypatch.setattr(os, "environ", dict(clean))
+    pin_for_this_process()  # torch has loaded: the choices are made, the environment is left
+    assert not environment_is_pinned()
+    monkeypatch.setattr(os, "environ", {**clean, **PINNED_KERNELS})
+    assert pins_in_force() == (torch.backends.cpu.get_cpu_capability() == "AVX2")
 
 
 def test_pinned_environment_sets_kernels_and_threads() -> None:
@@ -142,6 +160,7 @@ def test_searches_on_the_toy_start_with_the_pins(monkeypatch: pytest.MonkeyPatch
             return 0
 
     monkeypatch.setattr(cli.importlib, "import_module", lambda name: Command)
+    monkeypatch.delitem(sys.modules, "torch")  # as in a fresh `python -m evomerge`
     clean = {k: v for k, v in os.environ.items() if k not in PINNED_KERNELS}
     for args in (["search", "seed=1"], ["search", "models=evollm_jp"]):
         monkeypatch.setattr(os, "environ", dict(clean))
