@@ -9,13 +9,13 @@ the directory; later calls only check the manifest. The package's data file is l
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from evomerge.errors import ConfigError
+from evomerge.files import sha256_file
 
 PACKAGED_PREFIX = "packaged:"
 # The manifest beside a converted checkpoint: what it was converted from (file, SHA-256).
@@ -23,9 +23,6 @@ MANIFEST = "packaged.json"
 # Bump when the conversion's output changes (dtype, files written): it names the cache folder,
 # so a new converter never reads an old conversion as its own.
 CONVERTER_VERSION = 1
-# Read the source file in 8 MiB blocks for its SHA-256: a 92 MB GGUF in a dozen reads, and
-# never the whole file in memory.
-HASH_BLOCK_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -80,14 +77,6 @@ def source_file(model: PackagedModel) -> Path:
     )
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(HASH_BLOCK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cache_dirname(model: PackagedModel, sha256: str) -> str:
     """One folder per (model, source bytes, converter): a new package version converts anew."""
     return f"packaged-{model.name}-c{CONVERTER_VERSION}-{sha256[:12]}"
@@ -100,7 +89,7 @@ def ensure_packaged(name: str, cache_dir: Path | str | None = None) -> Path:
 
     model = packaged_model(name)
     source = source_file(model)
-    sha256 = sha256_of(source)
+    sha256 = sha256_file(source)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = root / cache_dirname(model, sha256)
     if not (target / MANIFEST).is_file():

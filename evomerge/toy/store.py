@@ -11,7 +11,6 @@ with the recorded checksums.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import ConfigError
+from evomerge.files import sha256_file
 from evomerge.kernels import pins_in_force
 from evomerge.toy.build import (
     FAMILY_VERSION,
@@ -41,15 +41,6 @@ WEIGHTS = "model.safetensors"
 # compares a rebuild with (config.json names the transformers version that wrote it, so only
 # the weights are compared across machines).
 REFERENCE = Path(__file__).parent / "reference.json"
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def weight_hashes(family: ToyFamily) -> dict[str, str]:

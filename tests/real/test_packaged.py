@@ -10,16 +10,16 @@ import torch
 from safetensors import safe_open
 
 from evomerge.errors import ConfigError
+from evomerge.files import sha256_file
 from evomerge.model_ref import resolve_reference
 from evomerge.real import PackagedModel, ensure_packaged, read_manifest, source_file
 from evomerge.real.convert import convert_gguf
-from evomerge.real.packaged import sha256_of
 
 
 def test_manifest_records_the_source_file(smollm2: Path) -> None:
     manifest = read_manifest(smollm2)
     source = source_file(PackagedModel(**_fields("smollm2")))
-    assert manifest["sha256"] == sha256_of(source)
+    assert manifest["sha256"] == sha256_file(source)
     assert manifest["hub_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert manifest["file"] == source.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert str(manifest["sha256"])[:12] in smollm2.name  # a new file converts anew
