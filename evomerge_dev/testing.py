@@ -60,7 +60,7 @@ def make_tiny_llama(
         config = json.loads((Path(base) / "config.json").read_text())
         tensors = {
             name: t.float() + noise * torch.randn(t.shape, generator=generator)
-            for name, t in sorted(_load_all(Path(base)).items())
+            for name, t in sorted(load_tensors(Path(base)).items())
         }
     else:
         config = tiny_config(model_type, num_layers, hidden_size, vocab_size, tie_word_embeddings)
@@ -130,11 +130,19 @@ def _random_tensors(config: dict[str, Any], gen: torch.Generator) -> dict[str, t
     return tensors
 
 
-def _load_all(directory: Path) -> dict[str, torch.Tensor]:
+def load_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint directory's safetensors files, by name."""
     tensors: dict[str, torch.Tensor] = {}
     for file in sorted(directory.glob("*.safetensors")):
         tensors.update(load_file(file))
     return tensors
+
+
+def render_recipe(template: str, paths: dict[str, Path]) -> str:
+    """A recipe template with each `$name` replaced by paths[name] (longest names first)."""
+    for key in sorted(paths, key=len, reverse=True):
+        template = template.replace(f"${key}", str(paths[key]))
+    return template
 
 
 def _write_shards(out: Path, tensors: dict[str, torch.Tensor], shards: int) -> None:

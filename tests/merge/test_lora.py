@@ -13,7 +13,9 @@ from evomerge.errors import MergeError
 from evomerge.merge import MergeOptions, SourceCache, merge_to_disk
 from evomerge.merge.lora import split_adapter
 from evomerge.recipe import load_recipe
+from evomerge_dev.testing import load_tensors as _load
 from evomerge_dev.testing import make_tiny_llama, make_tiny_lora
+from evomerge_dev.testing import render_recipe as _render
 
 pytest.importorskip("peft")
 mergekit_merge = pytest.importorskip("mergekit.merge")
@@ -70,19 +72,6 @@ models:
   - {model: $full, parameters: {weight: 0.4}}
 """,
 }
-
-
-def _render(template: str, paths: dict[str, Path]) -> str:
-    for key in sorted(paths, key=len, reverse=True):
-        template = template.replace(f"${key}", str(paths[key]))
-    return template
-
-
-def _load(directory: Path) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for file in sorted(directory.glob("*.safetensors")):
-        tensors.update(load_file(file))
-    return tensors
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

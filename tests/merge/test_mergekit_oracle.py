@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from evomerge.merge import MergeOptions, merge_to_disk
 from evomerge.merge.methods import METHODS, MergeArgs
 from evomerge.recipe import load_recipe
+from evomerge_dev.testing import load_tensors as _load
 from evomerge_dev.testing import make_tiny_llama
+from evomerge_dev.testing import render_recipe as _render
 
 mergekit_merge = pytest.importorskip("mergekit.merge")
 mergekit_config = pytest.importorskip("mergekit.config")
@@ -262,24 +263,11 @@ def models(family: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     }
 
 
-def _render(template: str, models: dict[str, Path]) -> str:
-    for key in sorted(models, key=len, reverse=True):
-        template = template.replace(f"${key}", str(models[key]))
-    return template
-
-
 def _run_mergekit(text: str, out: Path, seed: int | None = None) -> dict[str, torch.Tensor]:
     config = mergekit_config.MergeConfiguration.model_validate(yaml.safe_load(text))
     options = mergekit_options.MergeOptions(quiet=True, random_seed=seed)
     mergekit_merge.run_merge(config, str(out), options)
     return _load(out)
-
-
-def _load(directory: Path) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for file in sorted(directory.glob("*.safetensors")):
-        tensors.update(load_file(file))
-    return tensors
 
 
 def max_abs_diff(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> float:

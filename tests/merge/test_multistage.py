@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from evomerge.__main__ import main
 from evomerge.errors import RecipeError
 from evomerge.merge import MergeOptions, merge_to_disk
 from evomerge.merge.multistage import load_stages, merge_stages_to_disk
 from evomerge.recipe import load_recipe
+from evomerge_dev.testing import load_tensors as _load
 
 
 def _stage_one(f: dict[str, Path]) -> str:
@@ -27,13 +27,6 @@ def _stage_two(f: dict[str, Path], ab: str) -> str:
         f"models: [{{model: {ab}, parameters: {{weight: 0.7}}}}, "
         f"{{model: {f['c']}, parameters: {{weight: 0.3}}}}]\n"
     )
-
-
-def _load(directory: Path) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for file in sorted(directory.glob("*.safetensors")):
-        tensors.update(load_file(file))
-    return tensors
 
 
 @pytest.mark.parametrize("name", ["ab", "final"])

@@ -41,21 +41,9 @@ models:
   - {model: $b, parameters: {weight: 0.5, density: 0.2}}
   - {model: $c, parameters: {weight: 0.3, density: 0.7}}
 """,
-    "ties_rescaled": """
-merge_method: ties
-base_model: $base
-parameters: {rescale: true, normalize: false}
-models:
-  - {model: $a, parameters: {weight: 1.0, density: 0.3}}
-  - {model: $c, parameters: {weight: 0.5, density: 0.6}}
-""",
-    "breadcrumbs": """
-merge_method: breadcrumbs
-base_model: $base
-models:
-  - {model: $a, parameters: {weight: 0.5, density: 0.8, gamma: 0.05}}
-  - {model: $b, parameters: {weight: 0.5, density: 0.6}}
-""",
+    # the oracle's own recipes, here on tie-heavy data
+    "ties_rescaled": oracle.CASES["ties_rescaled"],
+    "breadcrumbs": oracle.CASES["breadcrumbs"],
     "breadcrumbs_ties": """
 merge_method: breadcrumbs_ties
 base_model: $base

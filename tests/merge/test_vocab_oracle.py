@@ -19,6 +19,7 @@ from evomerge.errors import MergeError
 from evomerge.merge import merge_to_disk
 from evomerge.recipe import load_recipe
 from evomerge_dev.testing import make_tiny_llama
+from evomerge_dev.testing import render_recipe as _render
 
 mergekit_merge = pytest.importorskip("mergekit.merge")
 mergekit_config = pytest.importorskip("mergekit.config")
@@ -113,12 +114,6 @@ models:
 
 # The padding rows are the mean of the vocabulary's rows, summed in each tool's token order.
 TOLERANCE = {"tokens_section": 1e-9}
-
-
-def _render(template: str, paths: dict[str, Path]) -> str:
-    for key in sorted(paths, key=len, reverse=True):
-        template = template.replace(f"${key}", str(paths[key]))
-    return template
 
 
 def _rows_by_token(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, int], int]:

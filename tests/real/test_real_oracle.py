@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from evomerge.merge import MergeOptions, merge_to_disk
 from evomerge.merge.multistage import load_stages, merge_stages_to_disk
 from evomerge.recipe import load_recipe
+from evomerge_dev.testing import load_tensors as _load
+from evomerge_dev.testing import render_recipe as _render
 
 mergekit_merge = pytest.importorskip("mergekit.merge")
 mergekit_config = pytest.importorskip("mergekit.config")
@@ -76,19 +77,6 @@ parameters: {t: 0.6}
 # exact: bf16 deltas tie in magnitude at the trim threshold, where the kept entries are chosen
 # by the tie rule, which must be mergekit's.
 TOLERANCE = {"slerp": 1e-6, "multi_stage": 1e-6}
-
-
-def _render(template: str, models: dict[str, Path]) -> str:
-    for key in sorted(models, key=len, reverse=True):
-        template = template.replace(f"${key}", str(models[key]))
-    return template
-
-
-def _load(directory: Path) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for file in sorted(directory.glob("*.safetensors")):
-        tensors.update(load_file(file))
-    return tensors
 
 
 def _run_mergekit(text: str, out: Path, work: Path) -> Path:
