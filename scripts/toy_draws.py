@@ -98,17 +98,15 @@ def grid(root: Path, draw: int, log: Path) -> dict[str, float]:
     )
     scores = {}
     for trial in range(GRID_POINTS):
-        out = run_dir / f"trial_{trial}_test.json"
+        out, model = run_dir / f"trial_{trial}_test.json", run_dir / f"trial_{trial}_model"
         if not out.is_file():
-            model = run_dir / f"trial_{trial}_model"
             shutil.rmtree(model, ignore_errors=True)
             run(
                 [sys.executable, "-m", "evomerge", "export", str(run_dir), "--trial", str(trial)],
                 log,
             )
-            test_score(str(model), out, log)
-            shutil.rmtree(model, ignore_errors=True)
-        scores[str(trial)] = test_score("", out, log)
+        scores[str(trial)] = test_score(str(model), out, log)
+        shutil.rmtree(model, ignore_errors=True)
     return scores
 
 
